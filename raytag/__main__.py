@@ -1,0 +1,3 @@
+from raytag.cli import main
+
+main()

@@ -1,0 +1,287 @@
+"""The stages of a raytag run, each reading and writing only the run directory.
+
+A stage's config hash covers its own config sections and every earlier stage's, so a
+changed setting reruns exactly the stages it affects; a finished stage with the same
+hash is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from raytag.config import RaytagConfig
+from raytag.io import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json, config_hash
+from raytag.rundir import RunDir
+
+log = logging.getLogger("raytag")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]
+    run: Callable[..., None]
+    needs_ray: bool = False
+    help: str = ""
+    always: bool = False  # cheap stages that summarize others rerun every time
+    scratch: tuple[str, ...] = ()  # resumable partial work (run-dir relative), dropped when the config changes
+
+
+def _prepare(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.data.features import compute_node_features
+    from raytag.data.graph import Graph
+    from raytag.data.pairs import build_pairs
+    from raytag.data.tasks import build_tasks
+
+    edges, communities = _load_graph_and_labels(config)
+    graph = Graph.from_edges(edges)
+    tasks = config.tasks
+    taskset, task_graph = build_tasks(
+        graph, communities, num_tasks=tasks.num_tasks, regime=tasks.regime, seeds_per_task=tasks.seeds_per_task,
+        val_fraction=tasks.val_fraction, negative_fractions=tasks.negative_fractions,
+        negative_ratio=tasks.negative_ratio, max_positives_per_task=tasks.max_positives_per_task, seed=tasks.seed,
+    )
+    log.info("tasks: %d tasks on %d nodes (%s regime)", taskset.num_tasks, len(taskset.nodes), tasks.regime)
+    features = compute_node_features(
+        task_graph.adjacency, method=config.features.method, dim=config.features.dim,
+        hops=config.features.hops, seed=config.features.seed, progress=log.info,
+    )
+    pairs = build_pairs(taskset, negatives_per_split=tasks.negatives_per_split, seed=tasks.seed)
+    adjacency = task_graph.adjacency.tocoo()
+    atomic_save_npz(run.graph, row=adjacency.row.astype(np.int64), col=adjacency.col.astype(np.int64),
+                    num_nodes=np.int64(task_graph.num_nodes))
+    atomic_save_npy(run.features, features)
+    atomic_write_json(run.features_meta, {**config.features.model_dump(), "shape": list(features.shape)})
+    pairs.save(run.pairs)
+    taskset.save(run.taskset)
+    atomic_write_json(run.tasks_json, taskset.summary())
+
+
+def _load_graph_and_labels(config: RaytagConfig):
+    from raytag.data import loaders
+
+    data = config.data
+    if data.format == "dblp":
+        edges_path, communities_path = loaders.dblp_paths()
+        return loaders.read_edge_list(edges_path), loaders.read_communities(communities_path)
+    if data.format == "snap":
+        return (loaders.read_edge_list(data.edges, field="data.edges"),
+                loaders.read_communities(data.communities, field="data.communities"))
+    if data.format == "adjlist":
+        return (loaders.read_adjacency_list(data.adjacency, field="data.adjacency"),
+                loaders.read_node_labels(data.labels, field="data.labels"))
+    from raytag.data.synthetic import generate_planted_graph
+
+    synthetic = data.synthetic
+    return generate_planted_graph(synthetic.num_nodes, synthetic.num_communities, synthetic.avg_degree,
+                                  seed=synthetic.seed)
+
+
+def load_graph(run: RunDir):
+    """The task graph saved by ``prepare`` as a symmetric CSR matrix."""
+    import scipy.sparse as sp
+
+    saved = np.load(run.graph)
+    n = int(saved["num_nodes"])
+    return sp.csr_matrix((np.ones(len(saved["row"]), dtype=np.float32), (saved["row"], saved["col"])), shape=(n, n))
+
+
+def _train(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.data.tasks import TaskSet
+    from raytag.distributed.train import train_meta_model
+    from raytag.evaluation import per_task_metrics
+    from raytag.models.ppr import personalized_pagerank_scores
+
+    summary = train_meta_model(run, config)
+    taskset = TaskSet.load(run.taskset)
+    seeds = [np.flatnonzero((taskset.split[:, t] == 1) & (taskset.labels[:, t] == 1)) for t in range(taskset.num_tasks)]
+    ppr = per_task_metrics(personalized_pagerank_scores(load_graph(run), seeds), taskset.labels, taskset.split)
+    summary["ppr_baseline"] = {"mean_test_ap": float(np.mean(ppr["test_ap"])),
+                               "mean_test_f1": float(np.mean(ppr["test_f1"])),
+                               "per_task_test_ap": dict(zip(taskset.names, np.asarray(ppr["test_ap"]).tolist()))}
+    summary["test"]["mean_base_rate"] = float(np.mean(ppr["base_rate"]))
+    atomic_write_json(run.train_metrics, summary)
+    log.info("θ*: test AP %.4f, F1 %.4f (best epoch %d); base rate %.4f; PPR-from-seeds AP %.4f",
+             summary["test"]["mean_test_ap"], summary["test"]["mean_test_f1"], summary["best_epoch"],
+             summary["test"]["mean_base_rate"], summary["ppr_baseline"]["mean_test_ap"])
+
+
+def _project(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.distributed.project import project_gradients
+
+    project_gradients(run, config, stage_hash(config, "project"), force=force)
+
+
+def load_gradient_data(run: RunDir):
+    """The consolidated gradient store as the estimators' input."""
+    from raytag.data.tasks import TaskSet
+    from raytag.estimate.stats import GradientData
+    from raytag.grads import GradientStore
+
+    arrays = GradientStore(run.grad_store).read()
+    num_tasks = TaskSet.load(run.taskset).num_tasks
+    return GradientData(grads=arrays["grads"], base_logits=arrays["base_logits"], task=arrays["task"],
+                        split=arrays["split"], label=arrays["label"], weight=arrays["weight"], n_tasks=num_tasks)
+
+
+def make_estimator(config: RaytagConfig, steps_multiplier: float = 1.0):
+    """The configured estimator; the linearized one runs the real fine-tune's lr and steps."""
+    from raytag.estimate.estimators import LinearizedFineTune, NewtonLogistic, OneStepNewton, SeedLogistic
+
+    estimate = config.estimate
+    if estimate.estimator == "linearized":
+        return LinearizedFineTune(lr=config.finetune.lr, steps=int(round(config.finetune.steps * steps_multiplier)))
+    if estimate.estimator == "onestep":
+        return OneStepNewton(l2=estimate.l2)
+    if estimate.estimator == "newton":
+        return NewtonLogistic(l2=estimate.l2)
+    return SeedLogistic(C=estimate.seed_c)
+
+
+def _estimate(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.distributed.estimate import run_estimation
+    from raytag.estimate.subsets import sample_subsets
+
+    data = load_gradient_data(run)
+    estimator = make_estimator(config).fit(data)
+    estimate = config.estimate
+    subsets = sample_subsets(data.n_tasks, m=estimate.num_subsets, size=min(estimate.subset_size, data.n_tasks),
+                             seed=estimate.seed)
+    losses = run_estimation(estimator, subsets, run.estimate_dir / "batches", num_actors=estimate.num_actors,
+                            batch_size=estimate.batch_size)
+    atomic_save_npy(run.estimate_dir / "subsets.npy", subsets)
+    atomic_save_npy(run.estimate_dir / "losses.npy", losses)
+    atomic_save_npy(run.estimate_dir / "base_losses.npy", estimator.base_val_loss_)
+    atomic_write_json(run.estimate_dir / "meta.json", {"estimator": repr(estimator), "d": data.d,
+                                                      "num_subsets": int(subsets.shape[0]),
+                                                      "subset_size": int(subsets.shape[1])})
+
+
+def _affinity(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.data.tasks import TaskSet
+    from raytag.estimate.affinity import affinity_matrix, higher_order_surrogate
+
+    subsets = np.load(run.estimate_dir / "subsets.npy")
+    losses = np.load(run.estimate_dir / "losses.npy")
+    names = TaskSet.load(run.taskset).names
+    if config.affinity.method == "mean":
+        matrix = affinity_matrix(subsets, losses, len(names))
+    else:
+        matrix = higher_order_surrogate(subsets, losses, len(names), l2=config.estimate.l2)
+    atomic_save_npy(run.affinity, matrix)
+    atomic_write_json(run.affinity_json, {"tasks": names, "settings": {"method": config.affinity.method,
+                                                                      "num_subsets": int(subsets.shape[0]),
+                                                                      "subset_size": int(subsets.shape[1])}})
+
+
+def _cluster(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.cluster import cluster_tasks
+    from raytag.data.tasks import TaskSet
+
+    names = TaskSet.load(run.taskset).names
+    grouping = cluster_tasks(np.load(run.affinity), k=config.cluster.k, method=config.cluster.method,
+                             seed=config.cluster.seed, overlap=config.cluster.overlap)
+    result = grouping.to_json(names)
+    result["recommendation"] = _grouping_recommendation(run, config, grouping.groups, names)
+    atomic_write_json(run.groups_json, result)
+    log.info("cluster: %d groups (%s, objective %.4f); %s", len(grouping.groups), grouping.method,
+             grouping.objective, result["recommendation"]["reason"])
+
+
+def _grouping_recommendation(run: RunDir, config: RaytagConfig, groups: list[list[int]], names: list[str]) -> dict:
+    """Does splitting help? The estimator's predicted loss of each task trained with its group
+    versus with all tasks; recommend one all-task model when no grouping is predicted to win."""
+    estimator = make_estimator(config).fit(load_gradient_data(run))
+    everything = np.arange(len(names))[None, :]
+    all_in_one = estimator.predict(everything)[0]
+    grouped = np.full(len(names), np.nan)
+    for group in groups:
+        members = np.asarray(sorted(group))
+        grouped[members] = estimator.predict(members[None, :])[0][members]
+    gain = all_in_one - grouped  # positive: the group's model is predicted to do better
+    wins = int(np.sum(gain > 0))
+    mean_gain = float(np.nanmean(gain))
+    split = mean_gain > 0 and wins > len(names) / 2
+    reason = (f"grouping is predicted to lower validation loss for {wins} of {len(names)} tasks "
+              f"(mean gain {mean_gain:+.4f}); " + ("train one model per group" if split
+                                                  else "one all-task model is predicted to do as well — train it"))
+    return {"split": bool(split), "predicted_gain": mean_gain, "tasks_improved": wins, "reason": reason,
+            "per_task_gain": dict(zip(names, np.round(gain, 6).tolist()))}
+
+
+def _report(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.report import build_report
+
+    path = build_report(run.root)
+    log.info("report: %s", path)
+
+
+STAGES: list[Stage] = [
+    Stage("prepare", ("data", "tasks", "features"), _prepare,
+          help="Load the graph and labels, build tasks and splits, compute node features."),
+    Stage("train", ("model", "training"), _train, needs_ray=True, scratch=("model/train_state.pt", "ray_results/train"),
+          help="Train the multitask meta-initialization θ* on Ray Train."),
+    Stage("project", ("project",), _project, needs_ray=True,
+          help="Project per-sample gradients of every (sample, task) pair into the store (Ray Data)."),
+    Stage("estimate", ("finetune", "estimate"), _estimate, needs_ray=True, scratch=("estimate/batches",),
+          help="Estimate every task's loss after fine-tuning on thousands of task subsets (Ray actors)."),
+    Stage("affinity", ("affinity",), _affinity, help="Build the task-affinity matrix from the estimates."),
+    Stage("cluster", ("cluster",), _cluster,
+          help="Group tasks (SDP / scalable), and say whether splitting is predicted to help at all."),
+    Stage("report", (), _report, always=True, help="Write report/report.html (self-contained) with the figures."),
+]
+STAGE_NAMES = [stage.name for stage in STAGES]
+
+
+def stage_hash(config: RaytagConfig, name: str) -> str:
+    """Hash of this stage's config sections and all earlier stages' sections."""
+    sections: list[str] = []
+    for stage in STAGES:
+        sections.extend(stage.sections)
+        if stage.name == name:
+            break
+    return config_hash(config.section_dict(*sections))
+
+
+def save_config(run: RunDir, config: RaytagConfig) -> None:
+    atomic_write_bytes(run.config_yaml, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+
+
+def run_stage(run: RunDir, config: RaytagConfig, name: str, *, force: bool = False) -> bool:
+    """Run one stage unless it is done with the same config; returns True when it ran."""
+    stage = next(s for s in STAGES if s.name == name)
+    digest = stage_hash(config, name)
+    if not (force or stage.always) and run.is_done(name, digest):
+        log.info("%s: done already (config unchanged) — skipped", name)
+        return False
+    _drop_stale_scratch(run, stage, digest, force)
+    started = time.perf_counter()
+    log.info("%s: running", name)
+    stage.run(run, config, force=force)
+    seconds = time.perf_counter() - started
+    run.mark_done(name, digest, seconds)
+    log.info("%s: finished in %.1f s", name, seconds)
+    return True
+
+
+def _drop_stale_scratch(run: RunDir, stage: Stage, digest: str, force: bool) -> None:
+    """Partial work of a stage started under another config (or with --force) must not be resumed."""
+    started = run.root / "stages" / f"{stage.name}.started.json"
+    previous = json.loads(started.read_text()).get("config_hash") if started.is_file() else None
+    if force or (previous is not None and previous != digest):
+        for relative in stage.scratch:
+            path = run.root / relative
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    atomic_write_json(started, {"config_hash": digest})
+
