@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 
 from raytag.cluster.grouping import Grouping, check_affinity, check_k, labels_to_groups
 from raytag.cluster.objective import grouping_objective
@@ -73,10 +74,20 @@ def spectral_embedding(T: np.ndarray, k: int) -> np.ndarray:
     degree = A.sum(1)
     inv_sqrt = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
     normalized = inv_sqrt[:, None] * A * inv_sqrt[None, :]
-    n = T.shape[0]
-    _, vectors = scipy.linalg.eigh(normalized, subset_by_index=[n - k, n - 1])
+    vectors = top_eigenvectors(normalized, k)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def top_eigenvectors(M: np.ndarray, k: int) -> np.ndarray:
+    """Eigenvectors [n, k] of the k largest eigenvalues of symmetric M: Lanczos (only
+    matrix-vector products) when k is small against n, a dense partial eigh otherwise."""
+    n = M.shape[0]
+    if n > 200 and k < n // 4:
+        _, vectors = scipy.sparse.linalg.eigsh(M, k=k, which="LA", v0=np.ones(n))
+        return vectors
+    _, vectors = scipy.linalg.eigh(M, subset_by_index=[n - k, n - 1])
+    return vectors
 
 
 def spectral_labels(T: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:

@@ -75,7 +75,7 @@ def normalized_adjacency(adj, self_loops: bool = True) -> sp.csr_matrix:
 
 def log_degree(adj) -> np.ndarray:
     """``log(1 + degree)`` as a float32 column [N, 1] (self-loops not counted)."""
-    return np.log(2+_off_diagonal_degree(_as_csr(adj))).astype(np.float32)[:, None]
+    return np.log1p(_off_diagonal_degree(_as_csr(adj))).astype(np.float32)[:, None]
 
 
 def _orient_columns(vectors: np.ndarray) -> None:

@@ -101,6 +101,8 @@ def project_gradients(run: RunDir, config: RaytagConfig, config_hash: str, *, fo
     log.info("project: %d pairs in %d shards, %d to compute (projector %s, d=%d)",
              len(pairs), len(starts), len(todo), config.project.projector, config.project.d)
     if todo:
+        ray.data.DataContext.get_current().enable_progress_bars = False  # our tqdm bar counts pairs instead
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         gpu = use_gpu(config.training.use_gpu)
         items = [{"shard": i, "start": int(starts[i]), "stop": int(min(starts[i] + size, len(pairs)))} for i in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raytag.grads.exact import exact_gradient_chunks
 from raytag.grads.fast import layer_gradient_energy, layer_input_means
-from raytag.grads.informed import fit_kfac_projector, fit_svd_projector
+from raytag.grads.informed import exact_gradient_chunks, fit_kfac_projector, fit_svd_projector
 from raytag.grads.projectors import DenseProjector, KroneckerProjector, Projector, linear_layer_shapes
 
 PROJECTOR_KINDS = ("kfac", "kronecker", "svd", "gaussian", "rademacher")

@@ -174,7 +174,8 @@ def _details(summary: str, content: str) -> str:
     return f"<details><summary>{escape(summary)}</summary>\n{content}\n</details>"
 
 
-def _mean(value: Any) -> float | None:
+def _number(value: Any) -> float | None:
+    """A JSON number as float; None for null, booleans, strings (files may hold any of them)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -196,10 +197,10 @@ def _comparison(strategies: Mapping[str, Any], key: str, other: str) -> str | No
     if key not in strategies or other not in strategies:
         return None
     a, b = strategies[key], strategies[other]
-    ap_a, ap_b = _mean(a.get("mean_test_ap")), _mean(b.get("mean_test_ap"))
+    ap_a, ap_b = _number(a.get("mean_test_ap")), _number(b.get("mean_test_ap"))
     if ap_a is None or ap_b is None:
         return None
-    f1_a, f1_b = _mean(a.get("mean_test_f1")), _mean(b.get("mean_test_f1"))
+    f1_a, f1_b = _number(a.get("mean_test_f1")), _number(b.get("mean_test_f1"))
     delta = ap_a - ap_b
     verdict = "beats" if delta > 0 else "does not beat"
     text = (
@@ -208,7 +209,7 @@ def _comparison(strategies: Mapping[str, Any], key: str, other: str) -> str | No
     )
     if f1_a is not None and f1_b is not None:
         text += f", test F1 {_num(f1_a)} vs {_num(f1_b)} ({_signed(f1_a - f1_b)})"
-    noise = max((_mean(s.get("std_test_ap")) or 0.0) for s in (a, b))
+    noise = max((_number(s.get("std_test_ap")) or 0.0) for s in (a, b))
     if noise > 0:
         within = "within" if abs(delta) <= noise else "larger than"
         text += f"; the AP difference is {within} the seed-to-seed spread (±{_num(noise)})"
@@ -217,7 +218,7 @@ def _comparison(strategies: Mapping[str, Any], key: str, other: str) -> str | No
 
 def _non_learned_warning(strategies: Mapping[str, Any]) -> str | None:
     def best(keys):
-        scored = [(_mean(strategies[k].get("mean_test_ap")), k) for k in keys]
+        scored = [(_number(strategies[k].get("mean_test_ap")), k) for k in keys]
         scored = [(ap, k) for ap, k in scored if ap is not None]
         return max(scored) if scored else None
 
@@ -225,9 +226,10 @@ def _non_learned_warning(strategies: Mapping[str, Any]) -> str | None:
     non_learned = best(k for k in strategies if k in NON_LEARNED_STRATEGIES)
     if learned is None or non_learned is None or non_learned[0] <= learned[0]:
         return None
+    label = _strategy_label(non_learned[1])
     return (
         f'<p class="alert"><b>A non-learned baseline beats every learned model.</b> '
-        f"{escape(_strategy_label(non_learned[1]))} reaches test AP {_num(non_learned[0])}, above the best learned "
+        f"{escape(label[:1].upper() + label[1:])} reaches test AP {_num(non_learned[0])}, above the best learned "
         f"strategy ({escape(_strategy_label(learned[1]))}, {_num(learned[0])}). Try it before training anything.</p>"
     )
 
@@ -254,25 +256,25 @@ def _strategies(report: _Report) -> str:
     warning = _non_learned_warning(strategies)
     if warning:
         parts.append(warning)
-    reference = _mean(strategies.get("all_in_one", {}).get("mean_test_ap"))
+    reference = _number(strategies.get("all_in_one", {}).get("mean_test_ap"))
     rows = []
     for key in order:
         s = strategies[key]
-        ap = _mean(s.get("mean_test_ap"))
-        std = _mean(s.get("std_test_ap"))
+        ap = _number(s.get("mean_test_ap"))
+        std = _number(s.get("std_test_ap"))
         ap_text = _num(ap) + (f" ± {_num(std)}" if std is not None else "")
         delta = _signed(ap - reference) if ap is not None and reference is not None and key != "all_in_one" else "—"
         label = escape(_strategy_label(key))
         rows.append([f"<b>{label}</b>" if key == RAYTAG_STRATEGY else label, ap_text, delta, _num(s.get("mean_test_f1"))])
     parts.append(_table(["strategy", "mean test AP (± std over seeds)", "Δ AP vs all-in-one", "mean test F1"], rows, "numeric"))
     train = report.json("metrics/train.json")
-    base_rate = _mean(((train or {}).get("test") or {}).get("mean_base_rate"))
+    base_rate = _number(((train or {}).get("test") or {}).get("mean_base_rate"))
     kinds = ["raytag" if k == RAYTAG_STRATEGY else "non-learned" if k in NON_LEARNED_STRATEGIES else "baseline" for k in order]
     png = plots.strategy_bars(
         [_strategy_label(k) for k in order],
-        [_mean(strategies[k].get("mean_test_ap")) for k in order],
-        [_mean(strategies[k].get("std_test_ap")) for k in order],
-        [_mean(strategies[k].get("mean_test_f1")) for k in order],
+        [_number(strategies[k].get("mean_test_ap")) for k in order],
+        [_number(strategies[k].get("std_test_ap")) for k in order],
+        [_number(strategies[k].get("mean_test_f1")) for k in order],
         kinds,
         base_rate,
     )
@@ -318,7 +320,7 @@ def _recommendation(report: _Report) -> str:
         parts.append('<p class="missing">groups.json holds no recommendation (predicted gain of splitting).</p>')
     else:
         split = bool(recommendation.get("split"))
-        gain = _mean(recommendation.get("predicted_gain"))
+        gain = _number(recommendation.get("predicted_gain"))
         k = groups.get("k", len(groups.get("groups", [])))
         headline = f"Split the tasks into {_num(k)} groups" if split else "Keep one all-task model"
         gain_text = f" Predicted gain over one all-task model: <b>{_signed(gain, 4)}</b>." if gain is not None else ""
@@ -329,13 +331,19 @@ def _recommendation(report: _Report) -> str:
             f'<div class="verdict {"good" if split else "warn"}"><div class="headline">{headline}</div>'
             f"<div>{escape(reason)}{gain_text}</div></div>"
         )
+        per_task = {str(k): _number(v) for k, v in (recommendation.get("per_task_gain") or {}).items()}
+        if per_task:
+            ranked = sorted(per_task.items(), key=lambda item: -math.inf if item[1] is None else item[1], reverse=True)
+            rows = [[escape(task), _signed(gain, 4)] for task, gain in ranked]
+            table = _table(["task", "predicted gain of its group over all-in-one"], rows, "numeric small")
+            parts.append(_details(f"Predicted gain per task ({len(rows)} tasks, largest first)", table))
     strategies = (evaluation or {}).get("strategies") or {}
     measured = _comparison(strategies, RAYTAG_STRATEGY, "all_in_one")
     if measured:
         parts.append(f"<p><b>Measured:</b> {measured}</p>")
         if recommendation:
-            raytag_ap = _mean(strategies[RAYTAG_STRATEGY].get("mean_test_ap"))
-            all_ap = _mean(strategies["all_in_one"].get("mean_test_ap"))
+            raytag_ap = _number(strategies[RAYTAG_STRATEGY].get("mean_test_ap"))
+            all_ap = _number(strategies["all_in_one"].get("mean_test_ap"))
             if raytag_ap is not None and all_ap is not None and (raytag_ap > all_ap) != bool(recommendation.get("split")):
                 parts.append('<p class="alert">The measured test result disagrees with the prediction.</p>')
     elif evaluation is None:
@@ -389,11 +397,11 @@ def _affinity_and_groups(report: _Report) -> str:
     if sweep:
         extra = sorted({key for row in sweep for key in row} - {"k", "objective"})
         sweep_rows = [[_num(row.get("k")), _num(row.get("objective"), 4)] + [_num(row.get(key), 4) for key in extra] for row in sweep]
-        points = [(row["k"], row["objective"]) for row in sweep if _mean(row.get("k")) is not None and _mean(row.get("objective")) is not None]
+        points = [(row["k"], row["objective"]) for row in sweep if _number(row.get("k")) is not None and _number(row.get("objective")) is not None]
         sweep_html = _table(["k", "objective"] + extra, sweep_rows, "numeric")
         if points:
             ks, objectives = zip(*sorted(points))
-            png = plots.k_sweep(ks, objectives, _mean(groups.get("k")))
+            png = plots.k_sweep(ks, objectives, _number(groups.get("k")))
             sweep_html = f'<div class="row">{report.figure("k_sweep.png", png, "objective per k")}{sweep_html}</div>'
         parts.append(f"<h3>Choosing k</h3>\n{sweep_html}")
     return "\n".join(parts)
@@ -424,9 +432,9 @@ def _one_selection(report: _Report, path: Path) -> str:
     chosen = [str(name) for name in selection.get("chosen", [])]
     gains = {str(k): v for k, v in (selection.get("estimated_gains") or {}).items()}
     parts = [f"<h3>Target: {target}</h3>", f"<p>Budget {_num(selection.get('budget'))}; chosen sources: <b>{_names(chosen) or '—'}</b></p>"]
-    rows = [[escape(name), _num(_mean(gains.get(name)), 4)] for name in chosen]
+    rows = [[escape(name), _num(_number(gains.get(name)), 4)] for name in chosen]
     table = _table(["chosen source", "estimated gain"], rows, "numeric") if rows else ""
-    numeric_gains = {name: float(g) for name, g in gains.items() if _mean(g) is not None}
+    numeric_gains = {name: float(g) for name, g in gains.items() if _number(g) is not None}
     if numeric_gains:
         names = list(numeric_gains)
         png = plots.source_gains(names, [numeric_gains[n] for n in names], chosen)
@@ -436,7 +444,7 @@ def _one_selection(report: _Report, path: Path) -> str:
         parts.append(table)
     verify = selection.get("verify")
     if verify:
-        best = max(verify, key=lambda k: _mean(verify[k].get("test_ap")) or -math.inf)
+        best = max(verify, key=lambda k: _number(verify[k].get("test_ap")) or -math.inf)
         verify_rows = [
             [f"<b>{escape(k)}</b>" if k == best else escape(k), _num(v.get("test_ap")), _num(v.get("test_f1"))] for k, v in verify.items()
         ]
@@ -457,7 +465,7 @@ def _validation(report: _Report) -> str:
     baselines = validation.get("baselines") or {}
     rows = []
     for key, label, meaning, higher_is_better in VALIDATION_METRICS:
-        values = [_mean(validation.get(key))] + [_mean((baselines.get(name) or {}).get(key)) for name, _ in VALIDATION_BASELINES]
+        values = [_number(validation.get(key))] + [_number((baselines.get(name) or {}).get(key)) for name, _ in VALIDATION_BASELINES]
         present = [v for v in values if v is not None]
         best = (max(present) if higher_is_better else min(present)) if present else None
         cells = [f"<b>{_num(v)}</b>" if v is not None and v == best else _num(v) for v in values]
@@ -486,7 +494,7 @@ def _training(report: _Report) -> str:
     parts = []
     epochs = train.get("epochs") or []
     if epochs:
-        png = plots.training_curves(epochs, _mean(train.get("best_epoch")))
+        png = plots.training_curves(epochs, _number(train.get("best_epoch")))
         parts.append(report.figure("training_curves.png", png, "training loss and validation metrics per epoch"))
     test = train.get("test") or {}
     ppr = train.get("ppr_baseline") or {}
@@ -502,7 +510,7 @@ def _training(report: _Report) -> str:
             ]
         )
     )
-    model_ap, ppr_ap = _mean(test.get("mean_test_ap")), _mean(ppr.get("mean_test_ap"))
+    model_ap, ppr_ap = _number(test.get("mean_test_ap")), _number(ppr.get("mean_test_ap"))
     if model_ap is not None and ppr_ap is not None and ppr_ap > model_ap:
         parts.append(
             f'<p class="alert">Personalized PageRank from the training seeds ({_num(ppr_ap)} AP) beats the trained '
@@ -527,7 +535,7 @@ def _tasks(report: _Report) -> str:
     pairs = [(key.replace("_", " "), _num(value)) for key, value in tasks.items() if key != "tasks" and not isinstance(value, (dict, list))]
     pairs.append(("tasks listed", _num(len(items))))
     size_key = next((key for key in ("size", "members") if key in columns), None)
-    sizes = np.array([t[size_key] for t in items if _mean(t.get(size_key)) is not None], dtype=np.float64) if size_key else np.array([])
+    sizes = np.array([t[size_key] for t in items if _number(t.get(size_key)) is not None], dtype=np.float64) if size_key else np.array([])
     if sizes.size:
         median = float(np.median(sizes))
         median_text = _num(int(median)) if median.is_integer() else _num(median, 1)
@@ -543,7 +551,7 @@ def _settings(report: _Report) -> str:
     if timings is None:
         parts.append(report.not_run("run CONFIG", "timings.json"))
     else:
-        numeric = {str(k): float(v) for k, v in timings.items() if _mean(v) is not None}
+        numeric = {str(k): float(v) for k, v in timings.items() if _number(v) is not None}
         longest = max(numeric.values(), default=0.0) or 1.0
         rows = [
             [escape(stage), _seconds(seconds), f'<div class="bar" style="width:{100 * seconds / longest:.1f}%"></div>']
@@ -577,12 +585,12 @@ def _summary(report: _Report) -> str:
         cards.append(("groups", _num(groups.get("k", len(groups.get("groups", [])))), f"{_num(groups.get('method'))}; advice: {advice}"))
     strategies = (evaluation or {}).get("strategies") or {}
     if RAYTAG_STRATEGY in strategies:
-        ap = _mean(strategies[RAYTAG_STRATEGY].get("mean_test_ap"))
-        reference = _mean(strategies.get("all_in_one", {}).get("mean_test_ap"))
+        ap = _number(strategies[RAYTAG_STRATEGY].get("mean_test_ap"))
+        reference = _number(strategies.get("all_in_one", {}).get("mean_test_ap"))
         delta = f"{_signed(ap - reference)} vs all-in-one" if ap is not None and reference is not None else ""
         cards.append(("raytag groups test AP", _num(ap), delta))
     if validation is not None:
-        no_change = _mean(((validation.get("baselines") or {}).get("no_change") or {}).get("within_task_spearman"))
+        no_change = _number(((validation.get("baselines") or {}).get("no_change") or {}).get("within_task_spearman"))
         cards.append(
             (
                 "within-task Spearman",

@@ -147,7 +147,7 @@ def strategy_bars(
         ax.grid(axis="x", alpha=0.3)
     if base_rate is not None:
         ap_ax.axvline(base_rate, color="black", linestyle=":", linewidth=1, label=f"base rate {base_rate:.3f}")
-        ap_ax.legend(fontsize=8, loc="lower right")
+        ap_ax.legend(fontsize=8, loc="best")
     ap_ax.set_yticks(y, labels)
     ap_ax.invert_yaxis()
     fig.tight_layout()

@@ -75,6 +75,21 @@ def test_spectral_eigenvalues_on_a_graph_without_a_clear_gap():
     np.testing.assert_allclose(result.values, values, atol=2e-4)
 
 
+def test_chebyshev_filter_is_the_chebyshev_polynomial_of_the_shifted_matrix():
+    from raytag.data.features import _chebyshev_filter, _torch_csr
+
+    adj = planted_partition([12, 12], 0.4, 0.1, seed=11)
+    values, vectors = np.linalg.eigh(dense_normalized(adj))
+    block = np.random.default_rng(2).standard_normal((24, 3)).astype(np.float32)
+    cut, degree = 0.3, 5
+    mapped = (values - (cut - 1) / 2) / ((cut + 1) / 2)  # [-1, cut] -> [-1, 1]
+    polynomial = np.polynomial.chebyshev.chebval(mapped, [0] * degree + [1])
+    expected = vectors @ (polynomial[:, None] * (vectors.T @ block))
+    matrix = _torch_csr(normalized_adjacency(adj), torch.device("cpu"))
+    result = _chebyshev_filter(matrix, torch.from_numpy(block), degree, cut).numpy()
+    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_spectral_methods_agree_and_seed_is_deterministic():
     adj = planted_partition([40] * 5, 0.35, 0.02, seed=2)
     subspace = spectral_embedding(adj, 5, oversample=8, tol=1e-6, iters=200)

@@ -98,7 +98,12 @@ def write_fake_run(run_dir: Path, n_tasks: int = 12, k: int = 3, seed: int = 0, 
             "solver": "CLARABEL",
             "seconds": 1.7,
             "k_sweep": [{"k": kk, "objective": 0.5 + 0.1 * kk - 0.02 * kk**2, "predicted_gain": 0.001 * kk} for kk in range(2, 8)],
-            "recommendation": {"split": True, "reason": "7 of 12 tasks are predicted to gain from their group", "predicted_gain": 0.0123},
+            "recommendation": {
+                "split": True,
+                "reason": "7 of 12 tasks are predicted to gain from their group",
+                "predicted_gain": 0.0123,
+                "per_task_gain": {n: 0.001 * (i - 5) for i, n in enumerate(names)},
+            },
         },
     )
 
@@ -170,6 +175,9 @@ def test_full_run_builds_a_self_contained_page(tmp_path):
         assert label in text
     assert "not run yet" not in text and "Could not render" not in text
     assert "Split the tasks into 3 groups" in text
+    # Per-task predicted gains, largest first: community_011 (+0.0060) leads, community_000 (-0.0050) trails.
+    gains = re.findall(r"<tr><td>(community_\d+)</td><td>([+-]\d\.\d{4})</td></tr>", text)
+    assert gains[0] == ("community_011", "+0.0060") and gains[-1] == ("community_000", "-0.0050") and len(gains) == 12
     # raytag groups 0.107 vs all-in-one 0.092: the measured comparison is stated with its sign.
     assert "test AP 0.107 vs 0.092 (<b>+0.015</b>)" in text
     assert "A non-learned baseline beats every learned model" in text
@@ -276,3 +284,19 @@ def test_non_learned_warning_only_when_it_wins(tmp_path):
 def test_missing_run_dir_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="run_dir.*not a directory"):
         build_report(tmp_path / "nope")
+
+
+def test_tasks_section_shows_the_counts_prepare_recorded(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    tasks = [
+        {"name": "c1", "members": 1389, "train_positives": 10, "train_negatives": 24791},
+        {"name": "c2", "members": 7556, "train_positives": 10, "train_negatives": 25112},
+        {"name": "c3", "members": 2000, "train_positives": 10, "train_negatives": 25000},
+    ]
+    (run / "tasks.json").write_text(json.dumps({"regime": "seeds", "num_nodes": 131511, "tasks": tasks}))
+    text = build_report(run).read_text(encoding="utf-8")
+    section = re.search(r'<section id="tasks">(.*?)</section>', text, flags=re.S).group(1)
+    assert "<th>num nodes</th><td>131,511</td>" in section
+    assert "<td>1,389 / 2,000 / 7,556</td>" in section  # min / median / max of members
+    assert "<th>train negatives</th>" in section and "<td>25,112</td>" in section
