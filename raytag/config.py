@@ -74,6 +74,12 @@ class TasksConfig(_Section):
         description="Negatives sampled per task and split (train, val) for gradients, estimation and fine-tune "
         "checks; weighted so losses stay unbiased.",
     )
+    balance_classes: bool = Field(
+        True,
+        description="Weight each task's positives so both classes weigh the same in every loss (θ* training, "
+        "fine-tunes, estimates). Unweighted, 10 seeds among ~26k negatives learn to answer 'no' "
+        "(DBLP, 15 epochs: test AP 0.034 unweighted vs 0.160 balanced).",
+    )
     seed: int = Field(0, description="Seed of the splits and negative samples.")
 
     @model_validator(mode="after")

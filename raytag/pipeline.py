@@ -54,7 +54,8 @@ def _prepare(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
         task_graph.adjacency, method=config.features.method, dim=config.features.dim,
         hops=config.features.hops, seed=config.features.seed, progress=log.info,
     )
-    pairs = build_pairs(taskset, negatives_per_split=tasks.negatives_per_split, seed=tasks.seed)
+    pairs = build_pairs(taskset, negatives_per_split=tasks.negatives_per_split, seed=tasks.seed,
+                        balance_classes=tasks.balance_classes)
     adjacency = task_graph.adjacency.tocoo()
     atomic_save_npz(run.graph, row=adjacency.row.astype(np.int64), col=adjacency.col.astype(np.int64),
                     num_nodes=np.int64(task_graph.num_nodes))

@@ -44,9 +44,13 @@ class Pairs:
             return cls(*(archive[name] for name in _FIELDS))
 
 
-def build_pairs(taskset: TaskSet, *, negatives_per_split: int = 1000, seed: int = 0) -> Pairs:
+def build_pairs(taskset: TaskSet, *, negatives_per_split: int = 1000, seed: int = 0,
+                balance_classes: bool = False) -> Pairs:
     """All train/val positives of every task plus at most ``negatives_per_split`` uniformly
-    sampled negatives per (task, split); each task samples from its own stream (seed, task)."""
+    sampled negatives per (task, split); each task samples from its own stream (seed, task).
+
+    ``balance_classes`` weights each positive by (#negatives / #positives) of its split, so
+    both classes carry equal total weight (see ``TaskSet.training_weights``)."""
     if negatives_per_split < 1:
         raise DataError(f"negatives_per_split={negatives_per_split}; must be at least 1")
     parts = []
@@ -59,10 +63,11 @@ def build_pairs(taskset: TaskSet, *, negatives_per_split: int = 1000, seed: int 
             negatives = np.flatnonzero(in_split & (label_column == 0))
             sampled = np.sort(rng.choice(negatives, size=min(negatives_per_split, negatives.size), replace=False))
             negative_weight = negatives.size / max(sampled.size, 1)
+            positive_weight = negatives.size / max(positives.size, 1) if balance_classes else 1.0
             nodes = np.concatenate([positives, sampled])
             order = np.argsort(nodes, kind="stable")
             label = np.concatenate([np.ones(positives.size, np.float32), np.zeros(sampled.size, np.float32)])
-            weight = np.concatenate([np.ones(positives.size, np.float32),
+            weight = np.concatenate([np.full(positives.size, positive_weight, np.float32),
                                      np.full(sampled.size, negative_weight, np.float32)])
             parts.append((nodes[order], np.full(nodes.size, task, np.int32), np.full(nodes.size, split_code, np.int8),
                           label[order], weight[order]))

@@ -61,6 +61,18 @@ class TaskSet:
             return cls(archive["nodes"], archive["labels"], archive["split"],
                        [str(name) for name in archive["names"]], str(archive["regime"]))
 
+    def training_weights(self, balance_classes: bool) -> np.ndarray:
+        """float32 [N, n]: 1 on each task's training rows, 0 elsewhere; with ``balance_classes``
+        positives weigh (#train negatives / #train positives) so both classes weigh the same.
+        With ~10 positives among ~26k negatives, an unweighted loss learns to answer "no"."""
+        train = self.split == TRAIN
+        weights = train.astype(np.float32)
+        if balance_classes:
+            positive = train & (self.labels == 1)
+            ratio = (train & ~positive).sum(axis=0) / np.maximum(positive.sum(axis=0), 1)
+            weights[positive] = np.broadcast_to(ratio.astype(np.float32), weights.shape)[positive]
+        return weights
+
     def summary(self) -> dict:
         """Per-task sizes and split counts (for tasks.json)."""
         positive = self.labels.astype(bool)

@@ -63,7 +63,7 @@ def _train_loop(loop_config: dict) -> None:
     shard = train_rows[rank::world]
     x_train = torch.from_numpy(x_all[shard]).to(device)
     y_train = torch.from_numpy(taskset.labels[shard].astype(np.float32)).to(device)
-    w_train = torch.from_numpy((taskset.split[shard] == 1).astype(np.float32)).to(device)
+    w_train = torch.from_numpy(taskset.training_weights(loop_config["balance_classes"])[shard]).to(device)
     x_eval = torch.from_numpy(x_all).to(device)
     generator = torch.Generator().manual_seed(training["seed"] + 1000 * rank)
     for _ in range(start_epoch):  # keep the batch order of an uninterrupted run
@@ -127,6 +127,7 @@ def train_meta_model(run: RunDir, config: RaytagConfig) -> dict:
             "hidden_dims": list(config.model.hidden_dims),
             "dropout": config.model.dropout,
             "threads": threads,
+            "balance_classes": config.tasks.balance_classes,
         },
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": threads}),

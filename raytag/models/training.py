@@ -24,7 +24,7 @@ def train_epoch(model: SignMLP, optimizer: torch.optim.Optimizer, x: torch.Tenso
         loss = masked_bce(model(x[rows]), labels[rows], weights[rows])
         loss.backward()
         optimizer.step()
-        total += float(loss)
+        total += float(loss.detach())
         batches += 1
     return total / max(1, batches)
 

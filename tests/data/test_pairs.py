@@ -80,3 +80,22 @@ def test_seeded_and_roundtrip(tmp_path):
 def test_rejects_nonpositive_sample_size():
     with pytest.raises(DataError, match="negatives_per_split=0"):
         build_pairs(_taskset(), negatives_per_split=0)
+
+
+def test_balanced_classes_weigh_the_same():
+    taskset = _taskset()
+    pairs = build_pairs(taskset, negatives_per_split=5, seed=0, balance_classes=True)
+    for task in range(taskset.num_tasks):
+        for split in (1, 2):
+            rows = (pairs.task == task) & (pairs.split == split)
+            positive = pairs.weight[rows & (pairs.label == 1)].sum()
+            negative = pairs.weight[rows & (pairs.label == 0)].sum()
+            true_negatives = ((taskset.split[:, task] == split) & (taskset.labels[:, task] == 0)).sum()
+            assert positive == pytest.approx(true_negatives, rel=1e-5)
+            assert negative == pytest.approx(true_negatives, rel=1e-5)
+    weights = taskset.training_weights(balance_classes=True)
+    train = taskset.split == 1
+    for task in range(taskset.num_tasks):
+        column, label = weights[:, task], taskset.labels[:, task]
+        assert column[train[:, task] & (label == 1)].sum() == pytest.approx(column[train[:, task] & (label == 0)].sum())
+        assert np.all(column[~train[:, task]] == 0)
