@@ -7,6 +7,7 @@ hash is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -50,20 +51,40 @@ def _prepare(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
         negative_ratio=tasks.negative_ratio, max_positives_per_task=tasks.max_positives_per_task, seed=tasks.seed,
     )
     log.info("tasks: %d tasks on %d nodes (%s regime)", taskset.num_tasks, len(taskset.nodes), tasks.regime)
-    features = compute_node_features(
-        task_graph.adjacency, method=config.features.method, dim=config.features.dim,
-        hops=config.features.hops, seed=config.features.seed, progress=log.info,
-    )
+    adjacency = task_graph.adjacency.tocoo()
+    features_key = config_hash({"features": config.features.model_dump(),
+                                "graph": _graph_digest(task_graph.node_ids, adjacency)})
+    if _cached_features_key(run) == features_key:
+        log.info("features: inputs unchanged — reusing %s", run.features)
+    else:
+        features = compute_node_features(
+            task_graph.adjacency, method=config.features.method, dim=config.features.dim,
+            hops=config.features.hops, seed=config.features.seed, progress=log.info,
+        )
+        atomic_save_npy(run.features, features)
+        atomic_write_json(run.features_meta, {**config.features.model_dump(), "shape": list(features.shape),
+                                              "key": features_key})
     pairs = build_pairs(taskset, negatives_per_split=tasks.negatives_per_split, seed=tasks.seed,
                         balance_classes=tasks.balance_classes)
-    adjacency = task_graph.adjacency.tocoo()
     atomic_save_npz(run.graph, row=adjacency.row.astype(np.int64), col=adjacency.col.astype(np.int64),
                     num_nodes=np.int64(task_graph.num_nodes))
-    atomic_save_npy(run.features, features)
-    atomic_write_json(run.features_meta, {**config.features.model_dump(), "shape": list(features.shape)})
     pairs.save(run.pairs)
     taskset.save(run.taskset)
     atomic_write_json(run.tasks_json, taskset.summary())
+
+
+def _graph_digest(node_ids: np.ndarray, adjacency) -> str:
+    """Content hash of the task graph: features are recomputed only when it (or their config) changes."""
+    digest = hashlib.sha256()
+    for array in (node_ids, adjacency.row, adjacency.col):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cached_features_key(run: RunDir) -> str | None:
+    if not (run.features.is_file() and run.features_meta.is_file()):
+        return None
+    return json.loads(run.features_meta.read_text()).get("key")
 
 
 def _load_graph_and_labels(config: RaytagConfig):
