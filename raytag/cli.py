@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from raytag.config import ConfigError, RaytagConfig, describe_fields, load_config
-from raytag.pipeline import STAGE_NAMES, STAGES, run_stage, save_config
+from raytag.pipeline import RUN_STAGES, STAGES, run_stage, save_config
 from raytag.rundir import RunDir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -77,17 +77,39 @@ for _stage in STAGES:
 @app.command()
 def run(config: Optional[str] = CONFIG, run_dir: Path = RUN_DIR, set_: List[str] = SET,
         address: Optional[str] = ADDRESS, force: bool = FORCE) -> None:
-    """Run every stage in order, skipping the ones already done with the same config."""
-    done = _execute(STAGE_NAMES, run_dir, config, set_, address, force)
+    """Run prepare → train → project → estimate → affinity → cluster → report, skipping finished stages."""
+    done = _execute(RUN_STAGES, run_dir, config, set_, address, force)
     typer.echo(f"run finished: {done.root}")
+    typer.echo(f"report: {done.report_html}")
 
 
 @app.command()
 def demo(run_dir: Path = typer.Option(Path("runs/dblp-demo"), "--run-dir", "-r", help="Where the demo writes."),
          set_: List[str] = SET) -> None:
     """The whole pipeline on the vendored DBLP data with embedded local Ray (offline)."""
-    done = _execute(STAGE_NAMES, run_dir, "dblp_demo", set_, None, False)
+    done = _execute(RUN_STAGES, run_dir, "dblp_demo", set_, None, False)
     typer.echo(f"demo finished: {done.root}")
+    typer.echo(f"report: {done.report_html}")
+
+
+@app.command()
+def select(run_dir: Path = RUN_DIR,
+           target: List[str] = typer.Option([], "--target", "-t", help="Target task name (repeatable; default: select.targets, else the first task)."),
+           budget: Optional[int] = typer.Option(None, "--budget", "-k", help="Auxiliary tasks to choose (default: select.budget)."),
+           verify: bool = typer.Option(False, "--verify", help="Really fine-tune target+chosen against alone, random and similarity-ranked sources."),
+           set_: List[str] = SET, address: Optional[str] = ADDRESS) -> None:
+    """GradEx source selection: the auxiliary tasks worth adding to a target task."""
+    from raytag.data.tasks import TaskSet
+    from raytag.distributed.select import select_sources
+    from raytag.distributed.session import ensure_ray
+
+    run = RunDir(run_dir)
+    config = _resolve_config(run, None, set_)
+    ensure_ray(config.ray, address)
+    targets = target or list(config.select.targets) or [TaskSet.load(run.taskset).names[0]]
+    for name in targets:
+        result = select_sources(run, config, name, budget or config.select.budget, verify)
+        typer.echo(f"{name}: add {', '.join(result['chosen'])}  ->  {run.select_json(name)}")
 
 
 @app.command("config-help")

@@ -34,6 +34,8 @@ class Stage:
     help: str = ""
     always: bool = False  # cheap stages that summarize others rerun every time
     scratch: tuple[str, ...] = ()  # resumable partial work (run-dir relative), dropped when the config changes
+    upstream: str | None = None  # the stage whose outputs this one reads
+    in_run: bool = True  # part of `raytag run` (validate and groups are heavy: run them on demand)
 
 
 def _prepare(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
@@ -239,6 +241,23 @@ def _grouping_recommendation(run: RunDir, config: RaytagConfig, groups: list[lis
             "per_task_gain": dict(zip(names, np.round(gain, 6).tolist()))}
 
 
+def _validate(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.distributed.validate import run_validation
+
+    result = run_validation(run, config)
+    log.info("validate: within-task Spearman %s, Δ-loss relative error %s (task-mean baseline %s)",
+             result.get("within_task_spearman"), result.get("delta_relative_error"),
+             result.get("baselines", {}).get("task_mean", {}).get("delta_relative_error"))
+
+
+def _groups(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    from raytag.distributed.groups import evaluate_groupings
+
+    result = evaluate_groupings(run, config)
+    for name, strategy in result["strategies"].items():
+        log.info("groups: %-22s test AP %.4f  F1 %.4f", name, strategy["mean_test_ap"], strategy["mean_test_f1"])
+
+
 def _report(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
     from raytag.report import build_report
 
@@ -249,28 +268,36 @@ def _report(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
 STAGES: list[Stage] = [
     Stage("prepare", ("data", "tasks", "features"), _prepare,
           help="Load the graph and labels, build tasks and splits, compute node features."),
-    Stage("train", ("model", "training"), _train, needs_ray=True, scratch=("model/train_state.pt", "ray_results/train"),
+    Stage("train", ("model", "training"), _train, upstream="prepare", needs_ray=True,
+          scratch=("model/train_state.pt", "ray_results/train"),
           help="Train the multitask meta-initialization θ* on Ray Train."),
-    Stage("project", ("project",), _project, needs_ray=True,
+    Stage("project", ("project",), _project, upstream="train", needs_ray=True,
           help="Project per-sample gradients of every (sample, task) pair into the store (Ray Data)."),
-    Stage("estimate", ("finetune", "estimate"), _estimate, needs_ray=True, scratch=("estimate/batches",),
+    Stage("estimate", ("finetune", "estimate"), _estimate, upstream="project", needs_ray=True,
+          scratch=("estimate/batches",),
           help="Estimate every task's loss after fine-tuning on thousands of task subsets (Ray actors)."),
-    Stage("affinity", ("affinity",), _affinity, help="Build the task-affinity matrix from the estimates."),
-    Stage("cluster", ("cluster",), _cluster,
+    Stage("affinity", ("affinity",), _affinity, upstream="estimate",
+          help="Build the task-affinity matrix from the estimates."),
+    Stage("cluster", ("cluster",), _cluster, upstream="affinity",
           help="Group tasks (SDP / scalable), and say whether splitting is predicted to help at all."),
+    Stage("validate", ("validate",), _validate, upstream="estimate", needs_ray=True, in_run=False,
+          scratch=("validate",),
+          help="Really fine-tune θ* on sampled subsets (Ray Tune) and score the estimates against them."),
+    Stage("groups", ("groups",), _groups, upstream="cluster", needs_ray=True, in_run=False,
+          scratch=("groups_trials",),
+          help="Train one model per group (Ray Tune) against all-in-one, single-task and random groups."),
     Stage("report", (), _report, always=True, help="Write report/report.html (self-contained) with the figures."),
 ]
 STAGE_NAMES = [stage.name for stage in STAGES]
+RUN_STAGES = [stage.name for stage in STAGES if stage.in_run]
 
 
 def stage_hash(config: RaytagConfig, name: str) -> str:
-    """Hash of this stage's config sections and all earlier stages' sections."""
-    sections: list[str] = []
-    for stage in STAGES:
-        sections.extend(stage.sections)
-        if stage.name == name:
-            break
-    return config_hash(config.section_dict(*sections))
+    """Hash of this stage's config sections and its upstream stage's hash (so, transitively, of
+    every setting its inputs depend on)."""
+    stage = next(s for s in STAGES if s.name == name)
+    upstream = stage_hash(config, stage.upstream) if stage.upstream else None
+    return config_hash({"sections": config.section_dict(*stage.sections), "upstream": upstream})
 
 
 def save_config(run: RunDir, config: RaytagConfig) -> None:
