@@ -7,7 +7,7 @@ budget. The last line is one JSON object: the headline keys are the issue's targ
 one-step, converged Newton and their agreement at the smallest d, linearized fine-tuning at
 the largest d — and ``per_d`` holds everything measured at each d.
 
-    python benchmarks/bench_estimate.py                      # full shape, 2 threads
+    python benchmarks/bench_estimate.py                      # full shape, 1 thread
     python benchmarks/bench_estimate.py --pairs 200 --dims 64 --budget 2   # quick look
 """
 
@@ -47,31 +47,46 @@ def bench_one_d(args, d: int) -> dict:
     data = synthetic_gradient_data(n_tasks=args.n_tasks, n_train=args.pairs, n_val=args.pairs, d=d,
                                    signal=args.signal, seed=args.seed)
     subsets = sample_subsets(args.n_tasks, m=args.max_subsets, size=args.subset_size, seed=args.seed)
-    onestep, full = OneStepNewton(l2=args.l2), NewtonLogistic(l2=args.l2)
-    linearized = LinearizedFineTune(lr=args.lr, steps=args.steps)
-    fit_s = {name: timed_fit(est, data) for name, est in
-             (("onestep", onestep), ("full", full), ("linearized", linearized))}
-    rate_one, loss_one = measure(onestep, subsets, args.budget, onestep.default_batch_size())
-    rate_full, loss_full = measure(full, subsets, args.budget, batch_size=8)
-    rate_lin, loss_lin = measure(linearized, subsets, args.budget, linearized.default_batch_size())
-    k = loss_full.shape[0]
-    base = onestep.base_val_loss_[None, :]
-    change_full = loss_full - base
-    in_subset = membership_matrix(subsets[:k], args.n_tasks)
+    estimators = {
+        "onestep": OneStepNewton(l2=args.l2),
+        "full": NewtonLogistic(l2=args.l2),
+        "linearized": LinearizedFineTune(lr=args.lr, steps=args.steps),
+        "linearized_bf16": LinearizedFineTune(lr=args.lr, steps=args.steps, matmul_dtype="bfloat16"),
+    }
+    fit_s = {name: timed_fit(est, data) for name, est in estimators.items()}
+    batch = {"onestep": estimators["onestep"].default_batch_size(), "full": 8,
+             "linearized": args.linearized_batch, "linearized_bf16": args.linearized_batch}
+    rate, loss = {}, {}
+    for name, est in estimators.items():
+        rate[name], loss[name] = measure(est, subsets, args.budget, batch[name])
+    # evaluating only each subset's own tasks (all the affinity needs), same fits
+    rate_members = {}
+    for name in ("onestep", "linearized_bf16"):
+        start = time.perf_counter()
+        estimators[name].predict(subsets[:batch[name]], members_only=True)
+        rate_members[name] = batch[name] / (time.perf_counter() - start)
+    base = estimators["onestep"].base_val_loss_[None, :]
+    k = loss["full"].shape[0]
+    change_full = loss["full"] - base
+    j = min(loss["linearized"].shape[0], loss["linearized_bf16"].shape[0])
+    change_lin = loss["linearized"][:j] - base
+    in_subset = membership_matrix(subsets[:max(k, j)], args.n_tasks)
     return {
         "d": d,
-        "subsets_per_s_onestep": rate_one,
-        "subsets_per_s_full": rate_full,
-        "subsets_per_s_linearized": rate_lin,
-        "subsets_measured": {"onestep": loss_one.shape[0], "full": k, "linearized": loss_lin.shape[0]},
+        **{f"subsets_per_s_{name}": r for name, r in rate.items()},
+        **{f"subsets_per_s_{name}_members_only": r for name, r in rate_members.items()},
+        "subsets_measured": {name: v.shape[0] for name, v in loss.items()},
         "fit_s": fit_s,
-        "onestep_vs_full_max_rel_diff": float(np.max(np.abs(loss_one[:k] - loss_full) / loss_full)),
+        "onestep_vs_full_max_rel_diff": float(np.max(np.abs(loss["onestep"][:k] - loss["full"])
+                                                     / loss["full"])),
         # the same on the loss *change*, which is what ranks subsets (relative to its mean size)
-        "onestep_vs_full_delta_rel_diff": float(np.mean(np.abs(loss_one[:k] - loss_full))
+        "onestep_vs_full_delta_rel_diff": float(np.mean(np.abs(loss["onestep"][:k] - loss["full"]))
                                                 / np.mean(np.abs(change_full))),
-        "mean_abs_change_in_subset_full": float(np.mean(np.abs(change_full[in_subset]))),
-        "mean_abs_change_in_subset_linearized": float(np.mean(np.abs(
-            loss_lin[:k] - base)[in_subset])),
+        "linearized_bf16_vs_fp32_delta_rel_diff": float(
+            np.mean(np.abs(loss["linearized_bf16"][:j] - loss["linearized"][:j]))
+            / np.mean(np.abs(change_lin))),
+        "mean_abs_change_in_subset_full": float(np.mean(np.abs(change_full[in_subset[:k]]))),
+        "mean_abs_change_in_subset_linearized": float(np.mean(np.abs(change_lin[in_subset[:j]]))),
     }
 
 
@@ -87,7 +102,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--signal", type=float, default=0.5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--linearized-batch", type=int, default=1024,
+                        help="subsets per batch (larger batches make larger, faster matrix products)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 unless the cores are free: threads spin-wait badly)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,6 +120,8 @@ def main() -> None:
         "subsets_per_s_full": small["subsets_per_s_full"],
         "onestep_vs_full_max_rel_diff": small["onestep_vs_full_max_rel_diff"],
         "subsets_per_s_linearized": large["subsets_per_s_linearized"],
+        "subsets_per_s_linearized_bf16": large["subsets_per_s_linearized_bf16"],
+        "subsets_per_s_onestep_members_only": small["subsets_per_s_onestep_members_only"],
         "d": small["d"], "d_linearized": large["d"],
         "subset_size": args.subset_size, "n_tasks": args.n_tasks, "pairs_per_task_split": args.pairs,
         "threads": args.threads, "lr": args.lr, "steps": args.steps, "l2": args.l2,

@@ -137,15 +137,22 @@ def _chebyshev_filter(adj_norm: torch.Tensor, block: torch.Tensor, degree: int, 
 
     Eigen-directions above ``cut`` grow like ``exp(degree · arccosh(σ))`` while the rest stay
     bounded — far faster than plain powers when the top of the spectrum is crowded near 1
-    (a sparse graph's normalized adjacency always is). Three [N, b] blocks live at once.
+    (a sparse graph's normalized adjacency always is). Overwrites ``block``: the
+    three-term recurrence cycles through it and two more [N, b] buffers, no others.
     """
     half_width = (cut + 1.0) / 2.0
     center = (cut - 1.0) / 2.0
     previous = block
     current = (adj_norm @ block).sub_(block, alpha=center).div_(half_width)
+    if degree == 1:
+        return current
+    product = torch.empty_like(current)
     for _ in range(degree - 1):
-        following = (adj_norm @ current).sub_(current, alpha=center).mul_(2.0 / half_width).sub_(previous)
-        previous, current = current, following
+        torch.mm(adj_norm, current, out=product)
+        product.sub_(current, alpha=center)
+        # T_{k+1} = 2·x·T_k − T_{k−1}, written over T_{k−1}'s buffer.
+        previous.neg_().add_(product, alpha=2.0 / half_width)
+        previous, current = current, previous
     return current
 
 

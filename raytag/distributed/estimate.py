@@ -53,8 +53,8 @@ def batch_path(out_dir: Path, batch_id: int) -> Path:
 class EstimationPool:
     """A pool of estimator actors sharing one copy of a fitted estimator's gradient data."""
 
-    def __init__(self, estimator: SubsetEstimator, *, num_actors: int = 2, num_cpus_per_actor: int = 1,
-                 max_restarts: int = 3, max_task_retries: int = 3):
+    def __init__(self, estimator: SubsetEstimator, *, num_actors: int = 2,
+                 num_cpus_per_actor: int = 1, max_restarts: int = 3, max_task_retries: int = 3):
         if not hasattr(estimator, "data_"):
             raise ValueError(f"estimator {estimator!r} is not fitted: call fit(data) before "
                              "distributing it (the actors refit from the same data)")
@@ -81,13 +81,15 @@ class EstimationPool:
                 "subsets_shape": list(subsets.shape), "batch_size": int(batch_size),
                 "data": self.estimator.data_.fingerprint()}
 
-    def run(self, subsets, out_dir, *, batch_size: int = 256, progress: bool = True,
+    def run(self, subsets, out_dir, *, batch_size: int | None = None, progress: bool = True,
             on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Predicted losses ``[m, n]`` for ``subsets``, computing only batches not yet on disk.
 
-        ``on_batch(batch_id)`` is called after each newly computed batch is written.
+        ``batch_size`` defaults to the estimator's own (large batches keep its matrix products
+        efficient). ``on_batch(batch_id)`` is called after each newly computed batch is written.
         """
         subsets = check_subsets(subsets, self.estimator.n_tasks_)
+        batch_size = int(batch_size or self.estimator.default_batch_size())
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out_dir = Path(out_dir)
@@ -95,10 +97,12 @@ class EstimationPool:
         self._check_manifest(out_dir, self.manifest(subsets, batch_size))
         starts = range(0, subsets.shape[0], batch_size)
         todo = [b for b in range(len(starts)) if not batch_path(out_dir, b).exists()]
-        done_subsets = subsets.shape[0] - sum(min(batch_size, subsets.shape[0] - starts[b]) for b in todo)
+        done_subsets = subsets.shape[0] - sum(min(batch_size, subsets.shape[0] - starts[b])
+                                              for b in todo)
         counter = Counter(SUBSETS_FITTED_METRIC, description="Subsets whose task losses were estimated",
                           tag_keys=("estimator",))
         tags = {"estimator": type(self.estimator).__name__}
+        replacements_left = 2 * len(self.actors)  # actors that die for good, beyond restarts
         with tqdm(total=subsets.shape[0], initial=done_subsets, unit="subset", desc="estimate",
                   disable=not progress) as bar:
             in_flight: dict = {}  # object ref -> (batch id, actor index)
@@ -116,7 +120,11 @@ class EstimationPool:
                 b, index = in_flight.pop(ref)
                 try:
                     _, losses = ray.get(ref)
-                except ray.exceptions.RayActorError:  # restarts exhausted: replace the actor
+                except ray.exceptions.RayActorError as error:  # restarts exhausted
+                    if replacements_left == 0:
+                        raise RuntimeError(f"estimator actors keep dying (last on batch {b}); "
+                                           f"finished batches are kept in {out_dir}") from error
+                    replacements_left -= 1
                     log.warning("estimator actor %d died for good; starting a new one", index)
                     self.actors[index] = self._new_actor()
                     todo.insert(0, b)
@@ -150,7 +158,8 @@ class EstimationPool:
 
 
 def run_estimation(estimator: SubsetEstimator, subsets, out_dir, *, num_actors: int = 2,
-                   batch_size: int = 256, progress: bool = True, num_cpus_per_actor: int = 1) -> np.ndarray:
+                   batch_size: int | None = None, progress: bool = True,
+                   num_cpus_per_actor: int = 1) -> np.ndarray:
     """Predicted validation losses ``[m, n]`` of a fitted estimator on a pool of Ray actors,
     with per-batch results kept in ``out_dir`` for resumption."""
     pool = EstimationPool(estimator, num_actors=num_actors, num_cpus_per_actor=num_cpus_per_actor)

@@ -18,14 +18,14 @@ def ensure_ray(config: RayConfig, address: str | None = None) -> None:
         return
     target = address or config.address or os.environ.get("RAY_ADDRESS")
     if target and target != "local":
-        ray.init(address=target, log_to_driver=False)
+        ray.init(address=target)
         return
     ray.init(
         address="local",
         num_cpus=config.num_cpus,
         include_dashboard=config.include_dashboard,
         dashboard_host=config.dashboard_host,
-        log_to_driver=False,
+        log_to_driver=True,  # per-epoch progress lines from Ray Train workers
         configure_logging=False,
     )
 

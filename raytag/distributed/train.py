@@ -90,6 +90,8 @@ def _train_loop(loop_config: dict) -> None:
                     "model": {k: v.detach().cpu().clone() for k, v in plain_model.state_dict().items()}}
         summary = {k: record[k] for k in ("epoch", "loss", "val_ap", "val_f1", "test_ap", "test_f1")}
         if rank == 0:
+            print(f"raytag train: epoch {epoch + 1}/{training['epochs']} loss {loss:.4f} "
+                  f"val AP {record['val_ap']:.4f} test AP {record['test_ap']:.4f}", flush=True)
             payload = {"model": plain_model.state_dict(), "optimizer": optimizer.state_dict(),
                        "history": history, "best": best}
             buffer = io.BytesIO()

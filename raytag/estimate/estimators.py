@@ -82,8 +82,9 @@ class SubsetEstimator(ABC):
         """Predicted validation loss of every task after fine-tuning on each subset: ``[m, n]``
         (NaN for tasks without validation pairs). ``members_only`` evaluates only the tasks in
         each subset (NaN elsewhere): all the affinity matrix needs, at a fraction of the cost."""
-        return np.concatenate([task_losses(self.val_, w, member if members_only else None).double().numpy()
-                               for w, member in self._batches(subsets, batch_size)])
+        return np.concatenate([
+            task_losses(self.val_, w, member if members_only else None).double().numpy()
+            for w, member in self._batches(subsets, batch_size)])
 
     def _batches(self, subsets, batch_size):
         if not hasattr(self, "train_"):

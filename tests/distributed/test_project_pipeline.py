@@ -18,7 +18,7 @@ from raytag.distributed.project import project_gradients
 from raytag.grads import GradientStore, StoreMismatchError
 from raytag.pipeline import stage_hash
 
-SHARD = 5  # many small shards, so the projection takes long enough to kill an actor mid-run
+SHARD = 10  # many small shards, so the projection takes long enough to kill an actor mid-run
 
 
 def shard_files(run) -> dict:

@@ -1,0 +1,291 @@
+"""Does the grouping pay off? One model per group fine-tuned from θ*, against the baselines.
+
+Every learned strategy runs the same procedure, :func:`finetune_group`: seeded minibatch
+Adam from θ* on the group's training pairs (the class-balanced rows the estimator saw), and
+each task scored at its own best epoch by validation AP (the fairest choice for every
+strategy alike). Strategies: raytag's groups, one all-task model, each task alone, random
+groups of the same sizes; plus two figures computed at train time — θ* with each task's best
+epoch, and personalized PageRank from the seeds (non-learned). One Ray Tune trial per
+(strategy, seed, group), cached on disk so a rerun only trains what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from raytag.cluster import random_grouping
+from raytag.config import RaytagConfig
+from raytag.data.pairs import Pairs
+from raytag.data.tasks import TEST, TRAIN, VAL, TaskSet
+from raytag.distributed.metrics import tasks_trained
+from raytag.distributed.session import ensure_ray, use_gpu
+from raytag.distributed.tune import run_trials
+from raytag.evaluation import per_task_metrics
+from raytag.io import atomic_write_json, config_hash, file_hash
+from raytag.models import SignMLP, load_model
+from raytag.models.finetune import PairMatrix
+from raytag.models.training import predict, train_epoch
+from raytag.rundir import RunDir
+
+FINETUNE_BATCH_SIZE = 256
+"""Minibatch rows of every group / source fine-tune: a single task has ~1k training pairs, so
+the multitask batch size (4096) would give one step per epoch."""
+SINGLE_TASKS_PER_TRIAL = 10
+"""Single-task fine-tunes are short; several per Tune trial amortize the trial start-up."""
+GPU_SHARE = 0.25
+"""GPU fraction per trial: a SIGN-MLP fine-tune uses a sliver of a GPU, so four share one."""
+LEARNED = ("raytag_groups", "all_in_one", "single_task", "random_groups")
+
+
+@functools.lru_cache(maxsize=1)
+def load_finetune_inputs(run_root: str) -> tuple[SignMLP, np.ndarray, TaskSet, Pairs]:
+    """θ*, node features (memory-mapped), TaskSet and Pairs; cached per process so a Tune
+    worker running several trials reads them once."""
+    run = RunDir(run_root)
+    return (load_model(run.checkpoint), np.load(run.features, mmap_mode="r"), TaskSet.load(run.taskset),
+            Pairs.load(run.pairs))
+
+
+def finetune_group(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs: Pairs, group, *,
+                   epochs: int, lr: float, seed: int, batch_size: int = FINETUNE_BATCH_SIZE,
+                   eval_tasks=None, device: str | torch.device = "cpu") -> dict[int, dict]:
+    """Fine-tune a copy of θ* on ``group``'s training pairs and score each of ``eval_tasks``
+    (default: the group) at its own best epoch.
+
+    Every epoch scores the full validation split (AP per task); the model of each epoch that is
+    some task's best so far is kept, and only those epochs are scored on the test split — so a
+    group costs one validation pass per epoch plus one test pass per distinct best epoch.
+    Returns ``{task: {"best_epoch", "val_ap", "test_ap", "test_f1"}}`` (test F1 at the
+    threshold chosen on validation; NaN where a split has no positives).
+    """
+    group = np.unique(np.asarray(group, dtype=np.int64))
+    eval_tasks = group if eval_tasks is None else np.unique(np.asarray(eval_tasks, dtype=np.int64))
+    torch.manual_seed(seed)
+    model = copy.deepcopy(theta).to(device)
+    train = PairMatrix.build(pairs, TRAIN, group, model.num_tasks)
+    x_train = _rows(features, train.rows, device)
+    labels, weights = train.labels.to(device), train.weights.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+
+    split = taskset.split[:, eval_tasks]
+    val_rows = np.flatnonzero((split == VAL).any(axis=1))
+    x_val = _rows(features, val_rows, device)
+    val_labels = taskset.labels[val_rows][:, eval_tasks]
+    val_split = np.where(split[val_rows] == VAL, VAL, 0).astype(np.int8)
+
+    best_val = np.full(eval_tasks.size, -np.inf)
+    best_epoch = np.zeros(eval_tasks.size, dtype=np.int64)
+    snapshots: dict[int, dict] = {}
+    for epoch in range(1, epochs + 1):
+        train_epoch(model, optimizer, x_train, labels, weights, batch_size, generator)
+        val_ap = per_task_metrics(predict(model, x_val)[:, eval_tasks], val_labels, val_split)["val_ap"]
+        improved = (np.nan_to_num(val_ap, nan=-np.inf) > best_val) | (best_epoch == 0)
+        if improved.any():
+            best_val[improved] = np.nan_to_num(val_ap[improved], nan=-np.inf)
+            best_epoch[improved] = epoch
+            snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            snapshots = {e: state for e, state in snapshots.items() if e in best_epoch}
+
+    scores: dict[int, dict] = {}
+    for epoch, state in snapshots.items():
+        tasks = eval_tasks[best_epoch == epoch]
+        model.load_state_dict(state)
+        rows = np.flatnonzero(np.isin(taskset.split[:, tasks], (VAL, TEST)).any(axis=1))
+        metrics = per_task_metrics(predict(model, _rows(features, rows, device))[:, tasks],
+                                   taskset.labels[rows][:, tasks], taskset.split[rows][:, tasks])
+        for i, task in enumerate(tasks.tolist()):
+            scores[task] = {"best_epoch": epoch, **{key: float(metrics[key][i])
+                                                    for key in ("val_ap", "test_ap", "test_f1")}}
+    return scores
+
+
+def finetune_trial(params: dict) -> dict:
+    """One Tune trial: fine-tune each group in ``params["groups"]`` (same seed and settings)."""
+    torch.set_num_threads(int(params["threads"]))
+    theta, features, taskset, pairs = load_finetune_inputs(params["run_dir"])
+    device = "cuda" if params["gpu"] and torch.cuda.is_available() else "cpu"
+    started = time.perf_counter()
+    tasks: dict[str, dict] = {}
+    for group in params["groups"]:
+        result = finetune_group(theta, features, taskset, pairs, group, epochs=params["epochs"], lr=params["lr"],
+                                seed=params["seed"], batch_size=params["batch_size"],
+                                eval_tasks=params.get("eval_tasks"), device=device)
+        tasks.update({str(task): value for task, value in result.items()})
+        tasks_trained(len(group))
+    return {"tasks": tasks, "seconds": time.perf_counter() - started}
+
+
+def finetune_jobs(run: RunDir, config: RaytagConfig, label: str, seed: int, groups: list[list[int]],
+                  eval_tasks: list[int] | None = None, gpu: bool = False) -> dict:
+    """A trial's params; its id carries a hash of everything that changes the result, so a
+    cached result is reused only for the same θ*, groups and settings."""
+    settings = {"epochs": config.groups.epochs, "lr": config.groups.lr, "batch_size": FINETUNE_BATCH_SIZE,
+                "seed": int(seed)}
+    groups = [sorted(int(t) for t in group) for group in groups]
+    digest = config_hash({"theta": file_hash(run.checkpoint), "groups": groups, "eval_tasks": eval_tasks, **settings})
+    return {"id": f"{label}-seed{seed}-{digest}", "run_dir": str(run.root), "groups": groups,
+            "eval_tasks": eval_tasks, "threads": 1, "gpu": gpu, **settings}
+
+
+def run_finetunes(run: RunDir, config: RaytagConfig, jobs: list[dict], name: str) -> list[dict]:
+    """Run fine-tune trials on Ray Tune (one CPU each, a GPU share when the cluster has GPUs)."""
+    gpu = any(job["gpu"] for job in jobs)
+    return run_trials(finetune_trial, jobs, results_dir=run.root / f"{name}_trials", storage_path=run.ray_results,
+                      name=name, cpus_per_trial=1.0, gpus_per_trial=GPU_SHARE if gpu else 0.0)
+
+
+def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
+    """Fine-tune every strategy's groups from θ* and write ``groups_eval.json`` (see module doc)."""
+    started = time.perf_counter()
+    ensure_ray(config.ray)
+    gpu = use_gpu(config.training.use_gpu)
+    taskset = TaskSet.load(run.taskset)
+    names, n = taskset.names, taskset.num_tasks
+    groups, notes = _raytag_groups(run, names)
+    sizes = [len(group) for group in groups]
+    single = list(range(min(n, config.groups.single_task_limit)))
+    if len(single) < n:
+        notes.append(f"single_task covers the first {len(single)} of {n} tasks (groups.single_task_limit)")
+    seeds = list(range(config.groups.seeds))
+
+    plan: dict[tuple[str, int], list[dict]] = {}
+    for seed in seeds:
+        plan["raytag_groups", seed] = [finetune_jobs(run, config, f"raytag{i}", seed, [g], gpu=gpu)
+                                       for i, g in enumerate(groups)]
+        plan["all_in_one", seed] = [finetune_jobs(run, config, "all", seed, [list(range(n))], gpu=gpu)]
+        plan["single_task", seed] = [finetune_jobs(run, config, f"single{i}", seed, [[t] for t in chunk], gpu=gpu)
+                                     for i, chunk in enumerate(_chunks(single, SINGLE_TASKS_PER_TRIAL))]
+        plan["random_groups", seed] = [finetune_jobs(run, config, f"random{i}", seed, [g], gpu=gpu)
+                                       for i, g in enumerate(random_grouping(sizes, n, seed=seed))]
+    jobs = [job for batch in plan.values() for job in batch]
+    results = dict(zip((job["id"] for job in jobs), run_finetunes(run, config, jobs, "groups")))
+
+    strategies = {}
+    for strategy in LEARNED:
+        per_seed = [_best_per_task([results[job["id"]] for job in plan[strategy, seed]]) for seed in seeds]
+        seconds = sum(results[job["id"]]["seconds"] for seed in seeds for job in plan[strategy, seed])
+        strategies[strategy] = _summarize(per_seed, names, seconds)
+    train_metrics = run.load_json(run.train_metrics, "train")
+    own_best = train_metrics["test_each_task_best_epoch"]
+    strategies["all_in_one_best_epoch"] = {"mean_test_ap": own_best["mean_test_ap"],
+                                           "mean_test_f1": own_best["mean_test_f1"],
+                                           "std_test_ap": None, "std_test_f1": None, "per_task": {}}
+    ppr = train_metrics["ppr_baseline"]
+    strategies["ppr"] = {"mean_test_ap": ppr["mean_test_ap"], "mean_test_f1": ppr["mean_test_f1"],
+                         "std_test_ap": None, "std_test_f1": None,
+                         "per_task": {name: {"test_ap": _finite_or_none(ap)} for name, ap in ppr["per_task_test_ap"].items()}}
+    notes.append("all_in_one_best_epoch: θ* itself, each task at its own best training epoch (metrics/train.json); "
+                 "ppr: personalized PageRank from each task's training seeds, not learned; both are single runs")
+
+    ours = strategies["raytag_groups"]
+    margins = {f"vs_{other}": {"test_ap": ours["mean_test_ap"] - strategies[other]["mean_test_ap"],
+                               "test_f1": ours["mean_test_f1"] - strategies[other]["mean_test_f1"]}
+               for other in ("all_in_one", "random_groups", "single_task", "all_in_one_best_epoch", "ppr")}
+    result = {
+        "strategies": strategies,
+        "seeds": seeds,
+        "groups": [[names[t] for t in group] for group in groups],
+        "margins": margins,
+        "noise": _noise(strategies, len(seeds)),
+        "settings": {"epochs": config.groups.epochs, "lr": config.groups.lr, "batch_size": FINETUNE_BATCH_SIZE,
+                     "optimizer": "adam", "epoch_choice": "each task's best validation AP"},
+        "notes": notes,
+        "seconds": time.perf_counter() - started,
+    }
+    atomic_write_json(run.groups_eval, result)
+    return result
+
+
+def _raytag_groups(run: RunDir, names: list[str]) -> tuple[list[list[int]], list[str]]:
+    """groups.json's groups as task indices; tasks in no group form one extra group (noted)."""
+    saved = run.load_json(run.groups_json, "cluster")
+    index = {name: i for i, name in enumerate(names)}
+    unknown = [name for group in saved["groups"] for name in group if name not in index]
+    if unknown:
+        raise ValueError(f"{run.groups_json}: task names {unknown[:5]} are not in the run's tasks "
+                         f"(e.g. {names[:5]}); rerun `raytag cluster --run-dir {run.root}`")
+    groups = [sorted(index[name] for name in group) for group in saved["groups"] if group]
+    notes = []
+    covered = {t for group in groups for t in group}
+    left = sorted(set(range(len(names))) - covered)
+    if left:
+        groups.append(left)
+        notes.append(f"{len(left)} tasks in no group of groups.json were trained together as one extra group")
+    if sum(len(group) for group in groups) > len(names):
+        notes.append("groups overlap: a task in several groups is scored by the group with its best validation AP")
+    return groups, notes
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def _best_per_task(trials: list[dict]) -> dict[int, dict]:
+    """Merge one seed's trials; a task trained in several groups keeps its best-validation entry."""
+    best: dict[int, dict] = {}
+    for trial in trials:
+        for task, entry in trial["tasks"].items():
+            task = int(task)
+            if task not in best or _val(entry) > _val(best[task]):
+                best[task] = entry
+    return best
+
+
+def _val(entry: dict) -> float:
+    value = entry["val_ap"]
+    return -np.inf if value is None or not np.isfinite(value) else value
+
+
+def _summarize(per_seed: list[dict[int, dict]], names: list[str], seconds: float) -> dict:
+    """Means over tasks per seed, then mean and seed-to-seed std of those; per task, the seed mean."""
+    tasks = sorted(set().union(*per_seed))
+    table = {key: np.array([[seed_result.get(t, {}).get(key, np.nan) for t in tasks] for seed_result in per_seed],
+                           dtype=np.float64) for key in ("test_ap", "test_f1", "val_ap")}
+    with warnings.catch_warnings():  # a task without positives stays NaN on purpose
+        warnings.simplefilter("ignore", RuntimeWarning)
+        seed_means = {key: np.nanmean(values, axis=1) for key, values in table.items()}
+        task_means = {key: np.nanmean(values, axis=0) for key, values in table.items()}
+    return {
+        "mean_test_ap": float(np.mean(seed_means["test_ap"])),
+        "mean_test_f1": float(np.mean(seed_means["test_f1"])),
+        "mean_val_ap": float(np.mean(seed_means["val_ap"])),
+        "std_test_ap": _seed_std(seed_means["test_ap"]),
+        "std_test_f1": _seed_std(seed_means["test_f1"]),
+        "per_seed_test_ap": seed_means["test_ap"].tolist(),
+        "per_task": {names[t]: {"test_ap": _finite_or_none(task_means["test_ap"][i]),
+                                "test_f1": _finite_or_none(task_means["test_f1"][i])} for i, t in enumerate(tasks)},
+        "seconds": seconds,
+    }
+
+
+def _noise(strategies: dict, num_seeds: int) -> dict:
+    """Seed-to-seed std of a strategy's mean, pooled over the learned strategies (RMS)."""
+    if num_seeds < 2:
+        return {"test_ap": None, "test_f1": None, "how": "one seed: no noise estimate (set groups.seeds >= 2)"}
+    return {key: float(np.sqrt(np.mean([strategies[s][f"std_{key}"] ** 2 for s in LEARNED])))
+            for key in ("test_ap", "test_f1")} | {
+        "how": f"std (ddof=1) over {num_seeds} seeds of each learned strategy's mean, pooled as RMS; a margin "
+               "smaller than about twice this is within noise"}
+
+
+def _seed_std(values: np.ndarray) -> float | None:
+    return float(np.std(values, ddof=1)) if values.size > 1 else None
+
+
+def _finite_or_none(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _rows(features: np.ndarray, rows: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).to(device)
+
+
+__all__ = ["evaluate_groupings", "finetune_group", "finetune_jobs", "finetune_trial", "load_finetune_inputs",
+           "run_finetunes"]
