@@ -150,10 +150,14 @@ class EstimateConfig(_Section):
     )
     num_subsets: int = Field(2000, gt=0, description="Random task subsets to estimate.")
     subset_size: int = Field(10, gt=0, description="Tasks per subset.")
-    l2: float = Field(1e-3, ge=0, description="L2 penalty of the logistic estimators.")
+    l2: float = Field(1e-3, gt=0, description="L2 penalty of the logistic estimators (and of the surrogate affinity).")
     seed_c: float = Field(1.0, gt=0, description="estimator=seed: sklearn-style inverse regularization C.")
     num_actors: int = Field(2, gt=0, description="Estimator actors.")
-    batch_size: int = Field(100, gt=0, description="Subsets per actor call (a crash loses at most one batch).")
+    batch_size: Optional[int] = Field(
+        None, gt=0, description="Subsets per actor call (a crash loses at most one batch); default: the estimator's own.")
+    matmul_dtype: Optional[Literal["bfloat16"]] = Field(
+        None, description="Do the large per-pair products in bfloat16 (≈1.7x faster on CPUs with bf16 units; "
+        "changes predicted loss changes by ≈0.2%).")
     seed: int = Field(0, description="Seed of the subset sampler.")
 
 

@@ -162,9 +162,10 @@ def make_estimator(config: RaytagConfig, steps_multiplier: float = 1.0):
 
     estimate = config.estimate
     if estimate.estimator == "linearized":
-        return LinearizedFineTune(lr=config.finetune.lr, steps=int(round(config.finetune.steps * steps_multiplier)))
+        return LinearizedFineTune(lr=config.finetune.lr, steps=int(round(config.finetune.steps * steps_multiplier)),
+                                  matmul_dtype=estimate.matmul_dtype)
     if estimate.estimator == "onestep":
-        return OneStepNewton(l2=estimate.l2)
+        return OneStepNewton(l2=estimate.l2, matmul_dtype=estimate.matmul_dtype)
     if estimate.estimator == "newton":
         return NewtonLogistic(l2=estimate.l2)
     return SeedLogistic(C=estimate.seed_c)
@@ -220,25 +221,45 @@ def _cluster(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
              grouping.objective, result["recommendation"]["reason"])
 
 
-def _grouping_recommendation(run: RunDir, config: RaytagConfig, groups: list[list[int]], names: list[str]) -> dict:
-    """Does splitting help? The estimator's predicted loss of each task trained with its group
-    versus with all tasks; recommend one all-task model when no grouping is predicted to win."""
+def _grouping_recommendation(run: RunDir, config: RaytagConfig, groups: list[list[int]], names: list[str],
+                             random_draws: int = 5) -> dict:
+    """Does splitting help? The estimator predicts each task's validation loss when fine-tuned
+    with its group, with all tasks, and with random groups of the same sizes.
+
+    Against all tasks the comparison favours any split (a task's share of each step grows as
+    its group shrinks), so splitting is recommended only when the groups also beat random
+    groups of the same sizes for most tasks — i.e. when the affinity structure itself pays.
+    """
+    from raytag.cluster import random_grouping
+
     estimator = make_estimator(config).fit(load_gradient_data(run))
-    everything = np.arange(len(names))[None, :]
-    all_in_one = estimator.predict(everything)[0]
-    grouped = np.full(len(names), np.nan)
-    for group in groups:
-        members = np.asarray(sorted(group))
-        grouped[members] = estimator.predict(members[None, :])[0][members]
-    gain = all_in_one - grouped  # positive: the group's model is predicted to do better
-    wins = int(np.sum(gain > 0))
-    mean_gain = float(np.nanmean(gain))
-    split = mean_gain > 0 and wins > len(names) / 2
-    reason = (f"grouping is predicted to lower validation loss for {wins} of {len(names)} tasks "
-              f"(mean gain {mean_gain:+.4f}); " + ("train one model per group" if split
-                                                  else "one all-task model is predicted to do as well — train it"))
-    return {"split": bool(split), "predicted_gain": mean_gain, "tasks_improved": wins, "reason": reason,
-            "per_task_gain": dict(zip(names, np.round(gain, 6).tolist()))}
+    n = len(names)
+
+    def grouped_losses(grouping: list[list[int]]) -> np.ndarray:
+        losses = np.full(n, np.nan)
+        for group in grouping:
+            members = np.asarray(sorted(group))
+            losses[members] = estimator.predict(members[None, :])[0][members]
+        return losses
+
+    ours = grouped_losses(groups)
+    all_in_one = estimator.predict(np.arange(n)[None, :])[0]
+    sizes = [len(group) for group in groups]
+    random = np.nanmean([grouped_losses(random_grouping(sizes, n, seed=config.cluster.seed + draw))
+                         for draw in range(random_draws)], axis=0)
+    gain_all, gain_random = all_in_one - ours, random - ours  # positive: our groups are predicted better
+    wins_all, wins_random = int(np.sum(gain_all > 0)), int(np.sum(gain_random > 0))
+    split = wins_all > n / 2 and wins_random > n / 2 and np.nanmean(gain_random) > 0
+    reason = (f"predicted lower validation loss than one all-task model for {wins_all}/{n} tasks "
+              f"(mean {np.nanmean(gain_all):+.4f}) and than random groups of the same sizes for {wins_random}/{n} "
+              f"(mean {np.nanmean(gain_random):+.4f}); "
+              + ("train one model per group" if split else "the groups add nothing over an arbitrary split — "
+                                                           "train one all-task model"))
+    return {"split": bool(split), "predicted_gain": float(np.nanmean(gain_all)),
+            "predicted_gain_vs_random": float(np.nanmean(gain_random)), "tasks_improved": wins_all,
+            "tasks_improved_vs_random": wins_random, "reason": reason,
+            "per_task_gain": dict(zip(names, np.round(gain_all, 6).tolist())),
+            "per_task_gain_vs_random": dict(zip(names, np.round(gain_random, 6).tolist()))}
 
 
 def _validate(run: RunDir, config: RaytagConfig, force: bool = False) -> None:

@@ -255,7 +255,7 @@ def run_validation(run: RunDir, config: RaytagConfig, *, steps_multiplier: float
     rerun_job = _job(run, "gd-rerun", design.subsets[0], optimizer="gd", lr=lr, steps=steps, seed=0)
     adam_jobs = [_job(run, "adam", design.subsets[k], optimizer="adam", lr=adam_lr, steps=steps, seed=seed)
                  for seed in STOCHASTIC_SEEDS for k in stochastic]
-    jobs = [*gd_jobs, rerun_job, *adam_jobs]
+    jobs = list({job["id"]: job for job in (*gd_jobs, rerun_job, *adam_jobs)}.values())  # repeated subsets run once
 
     digest = config_hash({"checkpoint": file_hash(run.checkpoint), "pairs": file_hash(run.pairs),
                           "lr": lr, "steps": steps, "adam_lr": adam_lr})
@@ -298,7 +298,7 @@ def run_validation(run: RunDir, config: RaytagConfig, *, steps_multiplier: float
     finetune_seconds = np.array([r["seconds"] for r in gd])
     timings = read_json(run.timings) if run.timings.is_file() else {}
     route_seconds = [timings.get(stage) for stage in ("train", "project", "estimate")]
-    time_ratio = (sum(route_seconds) / (flops["m"] * finetune_seconds.mean())
+    time_ratio = (float(sum(route_seconds) / (flops["m"] * finetune_seconds.mean()))
                   if None not in route_seconds else None)
 
     json_path, pairs_path = output_paths(run, multiplier)

@@ -144,11 +144,6 @@ def task_blocks(data: GradientData, split: int, dtype: str = "float32",
     return TaskBlocks(grads, offset, label, weight, total, data.d, matmul_grads)
 
 
-def bce_with_logits(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Elementwise binary cross-entropy from logits (``label`` broadcasts over columns)."""
-    return torch.nn.functional.softplus(logits) - label * logits
-
-
 def task_losses(blocks: TaskBlocks, updates: torch.Tensor,
                 members: torch.Tensor | None = None) -> torch.Tensor:
     """Each task's weighted-mean BCE of ``offset + grads @ w`` for every update ``w``.
@@ -171,7 +166,9 @@ def task_losses(blocks: TaskBlocks, updates: torch.Tensor,
                 continue
             logits = blocks.grads_times(t, updates[rows].T)
         logits += blocks.offset[t][:, None]
-        losses = blocks.unit_weight(t) @ bce_with_logits(logits, blocks.label[t][:, None])
+        # weighted BCE = Σ u·softplus(z) − Σ u·y·z: one elementwise pass instead of three
+        unit = blocks.unit_weight(t)
+        losses = unit @ torch.nn.functional.softplus(logits) - (unit * blocks.label[t]) @ logits
         if members is None:
             out[:, t] = losses
         else:

@@ -53,6 +53,23 @@ def test_killed_actors_restart_and_result_is_identical(ray_session, problem, tmp
     np.testing.assert_array_equal(got, in_process(estimator, subsets, 4))
 
 
+def test_actor_dead_for_good_is_replaced(ray_session, problem, tmp_path):
+    estimator, subsets = problem
+    pool = EstimationPool(estimator, num_actors=1, max_restarts=0, max_task_retries=0)
+    first = pool.actors[0]
+
+    def kill_for_good(batch_id):
+        if pool.actors[0] is first:
+            ray.kill(first, no_restart=True)
+
+    try:
+        got = pool.run(subsets, tmp_path, batch_size=8, progress=False, on_batch=kill_for_good)
+        assert pool.actors[0] is not first
+    finally:
+        pool.shutdown()
+    np.testing.assert_array_equal(got, in_process(estimator, subsets, 8))
+
+
 def test_resume_computes_only_missing_batches(ray_session, problem, tmp_path):
     estimator, subsets = problem
     expected = in_process(estimator, subsets, 10)

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# End-to-end check of the cluster path: a loopback-only local Ray head (`ray start --head`),
+# a raytag run submitted with `ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml`,
+# its outputs, and raytag's metrics on the head's Prometheus export port.
+#
+# Usage: benchmarks/job_submit_check.sh [CONFIG [--set FIELD=VALUE ...]]
+#   Without CONFIG a tiny labelled graph (the tests' recipe: 800 nodes, 8 tasks) and a config
+#   for it are generated, so the whole run takes a minute or two. With CONFIG (e.g.
+#   raytag/configs/dblp_demo.yaml) that config runs instead; extra arguments go to `raytag run`.
+#
+# Everything lives in a fresh /tmp/rtjob.* folder (Ray's temp dir, the run dir, logs). Every
+# port is free-picked and bound to 127.0.0.1; token authentication is on (RAY_AUTH_MODE=token,
+# token from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token, generated if missing).
+# The head is stopped by its own pid at exit — never `ray stop`, which would stop every Ray
+# on the machine. Exit status 0 when the job succeeded, the run dir holds affinity.npy,
+# groups.json and report/report.html, and raytag metrics were exported; the last line of
+# output is one JSON object with the findings.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+work=$(mktemp -d /tmp/rtjob.XXXXXX)  # short: Ray's socket paths must stay under 108 bytes
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+export RAY_AUTH_MODE=token
+unset RAY_ADDRESS
+started=$(date +%s)
+
+free_port() {
+  python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+gcs_port=$(free_port); dashboard_port=$(free_port); metrics_port=$(free_port)
+agent_port=$(free_port); client_port=$(free_port)
+if [[ -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
+  ray get-auth-token --generate > /dev/null
+fi
+
+# 1. The config: the given one, or a tiny generated graph with the tests' settings.
+if [[ $# -ge 1 ]]; then
+  config=$1
+  shift
+else
+  config="$work/tiny.yaml"
+  python - "$work" <<'EOF'
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, "tests")
+from conftest import TINY_OVERRIDES, write_labelled_graph  # the tests' tiny graph recipe
+
+from raytag.config import load_config
+
+work = Path(sys.argv[1])
+adjacency, labels = write_labelled_graph(work / "graph")
+config = load_config(None, ["name=job-submit-check", "data.format=adjlist", f"data.adjacency={adjacency}",
+                            f"data.labels={labels}", *TINY_OVERRIDES])
+(work / "tiny.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+EOF
+fi
+run_dir="$work/run"
+
+# 2. The head: every port on loopback, the dashboard / job API included.
+ray start --head --block \
+  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
+  --port="$gcs_port" --dashboard-port="$dashboard_port" --metrics-export-port="$metrics_port" \
+  --dashboard-agent-listen-port="$agent_port" --ray-client-server-port="$client_port" \
+  --num-cpus="${RAYTAG_CHECK_CPUS:-2}" --temp-dir="$work/ray" \
+  > "$work/head.log" 2>&1 &
+head_pid=$!
+scraper_pid=""
+stop_head() {
+  [[ -n "$scraper_pid" ]] && kill "$scraper_pid" 2> /dev/null || true
+  kill "$head_pid" 2> /dev/null && wait "$head_pid" 2> /dev/null || true
+}
+trap stop_head EXIT
+
+address="http://127.0.0.1:$dashboard_port"
+for _ in $(seq 120); do
+  ray job list --address "$address" > /dev/null 2>&1 && break
+  kill -0 "$head_pid" 2> /dev/null || { cat "$work/head.log"; echo "the head exited" >&2; exit 1; }
+  sleep 1
+done
+echo "head up: pid $head_pid, GCS 127.0.0.1:$gcs_port, job API $address, metrics :$metrics_port, temp $work/ray"
+unauthenticated=$(curl -s -o /dev/null -w '%{http_code}' "$address/api/jobs/" || true)
+echo "job API without the token answers HTTP $unauthenticated"
+
+# 3. Scrape raytag's metrics every 2 s while the job runs (a finished worker's series may
+#    be dropped later, so keep every raytag line seen).
+(
+  while true; do
+    { echo "# scrape"; curl -s "http://127.0.0.1:$metrics_port/metrics" | grep '^ray_raytag_'; } >> "$work/metrics.txt" || true
+    sleep 2
+  done
+) &
+scraper_pid=$!
+
+# 4. Submit the run exactly as jobs/README.md says and wait for it.
+submission_id="raytag-check-$(date +%H%M%S)"
+ray job submit --address "$address" --submission-id "$submission_id" --no-wait \
+  --working-dir . --runtime-env jobs/runtime_env.yaml \
+  -- python -m raytag run "$config" --run-dir "$run_dir" "$@"
+status=PENDING
+while [[ "$status" =~ ^(PENDING|RUNNING)$ ]]; do
+  sleep 3
+  status=$(ray job status --address "$address" "$submission_id" 2> /dev/null \
+    | sed -n "s/.*Job '$submission_id' \([A-Z]*\).*/\1/p" | tail -1)
+  status=${status:-PENDING}
+done
+ray job logs --address "$address" "$submission_id" > "$work/job.log" 2>&1 || true
+echo "job $submission_id: $status (log: $work/job.log)"
+tail -5 "$work/job.log"
+sleep 3  # one more scrape after the end
+kill "$scraper_pid" 2> /dev/null || true
+wait "$scraper_pid" 2> /dev/null || true
+scraper_pid=""
+{ echo "# scrape"; curl -s "http://127.0.0.1:$metrics_port/metrics" | grep '^ray_raytag_'; } >> "$work/metrics.txt" || true
+
+# 5. Stop this head only, and look for anything of it left running.
+stop_head
+trap - EXIT
+leftover=$(pgrep -f -- "$work/ray" | tr '\n' ' ' || true)
+
+python - "$work" "$run_dir" "$submission_id" "$status" "$unauthenticated" "$started" "$leftover" <<'EOF'
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+work, run_dir, submission_id, status, unauthenticated, started, leftover = sys.argv[1:8]
+run = Path(run_dir)
+artifacts = {name: (run / name).is_file() for name in ("affinity.npy", "groups.json", "report/report.html")}
+# Per scrape, each metric summed over the processes that report it (one series per worker),
+# keyed by name and raytag's own labels; then the largest value any scrape saw.
+metrics: dict[str, float] = {}
+text = (Path(work) / "metrics.txt").read_text() if (Path(work) / "metrics.txt").exists() else ""
+for scrape in text.split("# scrape\n"):
+    totals: dict[str, float] = {}
+    for name, labels, value in re.findall(r"^(ray_raytag_\w+)(?:\{([^}]*)\})? (\S+)$", scrape, re.M):
+        own = ",".join(f'{k}="{v}"' for k, v in re.findall(r'(\w+)="([^"]*)"', labels) if k in ("stage", "estimator"))
+        key = f"{name}{{{own}}}" if own else name
+        totals[key] = totals.get(key, 0.0) + float(value)
+    for key, value in totals.items():
+        metrics[key] = max(metrics.get(key, 0.0), value)
+result = {"job": submission_id, "status": status, "artifacts": artifacts,
+          "unauthenticated_http": unauthenticated, "raytag_metrics": metrics,
+          "head_processes_left": leftover.split(), "seconds": round(time.time() - float(started)), "work_dir": work}
+if artifacts["groups.json"]:
+    result["groups"] = json.loads((run / "groups.json").read_text()).get("groups")
+ok = status == "SUCCEEDED" and all(artifacts.values()) and bool(metrics) and not leftover.split()
+result["ok"] = ok
+print(json.dumps(result))
+sys.exit(0 if ok else 1)
+EOF

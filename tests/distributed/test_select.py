@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import copy_run
+
+from raytag import pipeline
+from raytag.data.pairs import Pairs
+from raytag.data.tasks import TaskSet
+from raytag.distributed.groups import FINETUNE_BATCH_SIZE, finetune_group, load_finetune_inputs
+from raytag.distributed.select import select_sources
+from raytag.models import load_model
+
+
+def cosine_ranking(vectors, target, names):
+    cosine = vectors @ vectors[target] / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(vectors[target]))
+    others = [j for j in range(len(names)) if j != target]
+    return [names[j] for j in sorted(others, key=lambda j: (-cosine[j], j))]
+
+
+@pytest.fixture(scope="module")
+def selected(tiny_run, tmp_path_factory):
+    shared, config = tiny_run
+    run = copy_run(shared, tmp_path_factory.mktemp("select") / "r")
+    names = TaskSet.load(run.taskset).names
+    return run, config, names, select_sources(run, config, names[2], budget=3)
+
+
+def test_select_chooses_budget_sources_with_the_estimators_losses(selected):
+    run, config, names, result = selected
+    target = names[2]
+    assert json.loads(run.select_json(target).read_text())["chosen"] == result["chosen"]
+    assert len(result["chosen"]) == 3 and len(set(result["chosen"])) == 3
+    assert target not in result["chosen"] and set(result["chosen"]) <= set(names)
+    others = sorted(set(names) - {target})
+    for ranking in (result["ranking_marginal"], result["baselines"]["gradient_cosine"],
+                    result["baselines"]["representation_cosine"]):
+        assert sorted(ranking) == others
+    assert result["ranking_greedy"] == result["chosen"]
+
+    estimator = pipeline.make_estimator(config).fit(pipeline.load_gradient_data(run))
+    chosen = [names.index(name) for name in result["chosen"]]
+    alone = estimator.predict(np.array([[2]]))[0, 2]
+    together = estimator.predict(np.array([[2, *chosen]]))[0, 2]
+    assert result["estimated_loss"]["target_alone"] == pytest.approx(alone, rel=1e-5)
+    assert result["estimated_loss"]["with_chosen"] == pytest.approx(together, rel=1e-5)
+    assert sum(result["estimated_gains"].values()) == pytest.approx(alone - together, rel=1e-4, abs=1e-7)
+
+
+def test_similarity_baselines_match_per_task_loops(selected):
+    run, _, names, result = selected
+    data = pipeline.load_gradient_data(run)
+    gradients = []
+    for task in range(len(names)):
+        rows = (data.task == task) & (data.split == 1)
+        residual = 1 / (1 + np.exp(-data.base_logits[rows].astype(np.float64))) - data.label[rows]
+        weight = data.weight[rows].astype(np.float64)
+        gradients.append((weight * residual) @ data.grads[rows].astype(np.float64) / weight.sum())
+    assert result["baselines"]["gradient_cosine"] == cosine_ranking(np.array(gradients), 2, names)
+
+    pairs, model = Pairs.load(run.pairs), load_model(run.checkpoint)
+    features = np.load(run.features)
+    embeddings = []
+    for task in range(len(names)):
+        nodes = pairs.node[(pairs.task == task) & (pairs.split == 1) & (pairs.label == 1)]
+        with torch.no_grad():
+            embeddings.append(model.embed(torch.from_numpy(features[nodes])).double().mean(0).numpy())
+    assert result["baselines"]["representation_cosine"] == cosine_ranking(np.array(embeddings), 2, names)
+
+
+def test_unknown_target_is_named(selected):
+    run, config, names, _ = selected
+    with pytest.raises(ValueError, match=r"no_such_task.*" + names[0]):
+        select_sources(run, config, "no_such_task", budget=2)
+    with pytest.raises(ValueError, match="budget"):
+        select_sources(run, config, names[0], budget=len(names))
+
+
+def test_verify_fine_tunes_every_alternative(tiny_run, tmp_path):
+    shared, config = tiny_run
+    run = copy_run(shared, tmp_path / "r")
+    names = TaskSet.load(run.taskset).names
+    result = select_sources(run, config, names[0], budget=2, verify=True)
+    verify = result["verify"]
+    assert set(verify) == {"chosen", "target_alone", "random_sources", "marginal_top_k",
+                           "gradient_cosine", "representation_cosine"}
+    for strategy, entry in verify.items():
+        assert np.isfinite(entry["test_ap"]) and np.isfinite(entry["test_f1"]), strategy
+    assert verify["random_sources"]["runs"] == 3 * config.groups.seeds
+    assert verify["chosen"]["sources"] == [result["chosen"]]
+    assert verify["gradient_cosine"]["sources"] == [result["baselines"]["gradient_cosine"][:2]]
+
+    # the trial's number is the shared fine-tune's, run here in-process with the trial's thread count
+    theta, features, taskset, pairs = load_finetune_inputs(str(run.root))
+    group = [0, *(names.index(name) for name in result["chosen"])]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        direct = finetune_group(theta, features, taskset, pairs, group, epochs=config.groups.epochs,
+                                lr=config.groups.lr, seed=0, batch_size=FINETUNE_BATCH_SIZE, eval_tasks=[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert verify["chosen"]["test_ap"] == pytest.approx(direct[0]["test_ap"], abs=1e-6)
+    assert verify["target_alone"]["test_ap"] != verify["chosen"]["test_ap"]

@@ -1,0 +1,43 @@
+"""Tiny text fixtures: a few vendored tasks, a character tokenizer and a 2-layer LoRA Llama."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+import torch  # noqa: E402
+
+from raytag.lm.config import VENDORED_TASKS  # noqa: E402
+from raytag.lm.stages import reference_slots  # noqa: E402
+from raytag.lm.tasks import load_text_tasks  # noqa: E402
+from raytag.lm.tokenize import CharTokenizer, encode_examples  # noqa: E402
+from raytag.models.lm import add_lora, tiny_llama  # noqa: E402
+
+TASKS = ["sports_understanding", "navigate", "social_support", "presuppositions_as_nli"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_text():
+    """``(encoded, tasks)`` for 12 examples of each of 4 tasks (2- and 3-way), prompts cut to 48 chars."""
+    tasks = [type(t)(t.name, t.inputs[:12], t.targets[:12], t.choices[:12])
+             for t in load_text_tasks(VENDORED_TASKS, TASKS)]
+    inputs = [x for t in tasks for x in t.inputs]
+    choices = [c for t in tasks for c in t.choices]
+    tokenizer = CharTokenizer.fit(inputs + [c for cs in choices for c in cs], min_count=1)
+    reference = reference_slots(choices, np.concatenate([t.target_index for t in tasks]))
+    return encode_examples(tokenizer, inputs, choices, reference, max_length=48), tasks, tokenizer
+
+
+def tiny_lora_model(vocab_size, rank=2, seed=0):
+    """Random B (not zero) so every LoRA matrix has a nonzero gradient."""
+    return add_lora(tiny_llama(vocab_size, hidden_size=16, num_layers=2, num_heads=2, max_length=64, seed=seed),
+                    rank=rank, alpha=4.0, seed=seed, init_scale=0.3)
