@@ -74,6 +74,7 @@ stop_head() {
   kill "$head_pid" 2> /dev/null && wait "$head_pid" 2> /dev/null || true
 }
 trap stop_head EXIT
+trap 'exit 130' INT TERM  # exit through the EXIT trap
 
 address="http://127.0.0.1:$dashboard_port"
 for _ in $(seq 120); do

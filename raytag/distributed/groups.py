@@ -107,19 +107,21 @@ def finetune_group(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs
 
 
 def finetune_trial(params: dict) -> dict:
-    """One Tune trial: fine-tune each group in ``params["groups"]`` (same seed and settings)."""
+    """One Tune trial: fine-tune each group in ``params["groups"]`` (same seed and settings);
+    ``"groups"`` of the result holds each group's per-task scores, in order."""
     torch.set_num_threads(int(params["threads"]))
     theta, features, taskset, pairs = load_finetune_inputs(params["run_dir"])
     device = "cuda" if params["gpu"] and torch.cuda.is_available() else "cpu"
-    started = time.perf_counter()
-    tasks: dict[str, dict] = {}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    scores = []
     for group in params["groups"]:
         result = finetune_group(theta, features, taskset, pairs, group, epochs=params["epochs"], lr=params["lr"],
                                 seed=params["seed"], batch_size=params["batch_size"],
                                 eval_tasks=params.get("eval_tasks"), device=device)
-        tasks.update({str(task): value for task, value in result.items()})
+        scores.append({str(task): value for task, value in result.items()})
         tasks_trained(len(group))
-    return {"tasks": tasks, "seconds": time.perf_counter() - started}
+    return {"groups": scores, "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started}
 
 
 def finetune_jobs(run: RunDir, config: RaytagConfig, label: str, seed: int, groups: list[list[int]],
@@ -170,8 +172,9 @@ def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
     strategies = {}
     for strategy in LEARNED:
         per_seed = [_best_per_task([results[job["id"]] for job in plan[strategy, seed]]) for seed in seeds]
-        seconds = sum(results[job["id"]]["seconds"] for seed in seeds for job in plan[strategy, seed])
-        strategies[strategy] = _summarize(per_seed, names, seconds)
+        trials = [results[job["id"]] for seed in seeds for job in plan[strategy, seed]]
+        strategies[strategy] = _summarize(per_seed, names, sum(trial["seconds"] for trial in trials),
+                                          sum(trial["cpu_seconds"] for trial in trials))
     train_metrics = run.load_json(run.train_metrics, "train")
     own_best = train_metrics["test_each_task_best_epoch"]
     strategies["all_in_one_best_epoch"] = {"mean_test_ap": own_best["mean_test_ap"],
@@ -230,8 +233,8 @@ def _chunks(items: list, size: int) -> list[list]:
 def _best_per_task(trials: list[dict]) -> dict[int, dict]:
     """Merge one seed's trials; a task trained in several groups keeps its best-validation entry."""
     best: dict[int, dict] = {}
-    for trial in trials:
-        for task, entry in trial["tasks"].items():
+    for group in (group for trial in trials for group in trial["groups"]):
+        for task, entry in group.items():
             task = int(task)
             if task not in best or _val(entry) > _val(best[task]):
                 best[task] = entry
@@ -243,7 +246,7 @@ def _val(entry: dict) -> float:
     return -np.inf if value is None or not np.isfinite(value) else value
 
 
-def _summarize(per_seed: list[dict[int, dict]], names: list[str], seconds: float) -> dict:
+def _summarize(per_seed: list[dict[int, dict]], names: list[str], seconds: float, cpu_seconds: float) -> dict:
     """Means over tasks per seed, then mean and seed-to-seed std of those; per task, the seed mean."""
     tasks = sorted(set().union(*per_seed))
     table = {key: np.array([[seed_result.get(t, {}).get(key, np.nan) for t in tasks] for seed_result in per_seed],
@@ -262,6 +265,7 @@ def _summarize(per_seed: list[dict[int, dict]], names: list[str], seconds: float
         "per_task": {names[t]: {"test_ap": _finite_or_none(task_means["test_ap"][i]),
                                 "test_f1": _finite_or_none(task_means["test_f1"][i])} for i, t in enumerate(tasks)},
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
     }
 
 

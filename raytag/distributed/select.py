@@ -102,17 +102,18 @@ def select_sources(run: RunDir, config: RaytagConfig, target: str, budget: int |
 
 def _verify(run: RunDir, config: RaytagConfig, t: int, alternatives: dict[str, list[list[int]]],
             names: list[str]) -> dict:
-    """Fine-tune target + each source set from θ* (every seed) and score the target on test."""
+    """Fine-tune target + each source set from θ* and score the target on test: one Tune trial
+    per seed runs every alternative (each is short; trial start-up would dominate)."""
     ensure_ray(config.ray)
     gpu = use_gpu(config.training.use_gpu)
-    plan = {(strategy, draw, seed): finetune_jobs(run, config, f"t{t}-{strategy}{draw}", seed, [[t, *sources]],
-                                                  eval_tasks=[t], gpu=gpu)
-            for strategy, draws in alternatives.items() for draw, sources in enumerate(draws)
-            for seed in range(config.groups.seeds)}
-    results = dict(zip(plan, run_finetunes(run, config, list(plan.values()), "select")))
+    labelled = [(strategy, sources) for strategy, draws in alternatives.items() for sources in draws]
+    jobs = [finetune_jobs(run, config, f"verify-task{t}", seed, [[t, *sources] for _, sources in labelled],
+                          eval_tasks=[t], gpu=gpu) for seed in range(config.groups.seeds)]
+    trials = run_finetunes(run, config, jobs, "select")
     verify = {}
     for strategy, draws in alternatives.items():
-        runs = [results[key]["tasks"][str(t)] for key in results if key[0] == strategy]
+        positions = [i for i, (name, _) in enumerate(labelled) if name == strategy]
+        runs = [trial["groups"][i][str(t)] for trial in trials for i in positions]
         ap = np.array([r["test_ap"] for r in runs], dtype=np.float64)
         f1 = np.array([r["test_f1"] for r in runs], dtype=np.float64)
         verify[strategy] = {"test_ap": float(np.mean(ap)), "test_f1": float(np.mean(f1)),

@@ -8,6 +8,7 @@ command after an interruption resumes from the last finished epoch.
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -102,6 +103,8 @@ def _train_loop(loop_config: dict) -> None:
                 ray.train.report(summary, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(summary)
+        if epoch + 1 == loop_config.get("fail_after_epoch"):
+            raise RuntimeError(f"injected failure after epoch {epoch + 1} (RAYTAG_FAIL_AFTER_EPOCH)")
 
 
 def _resume_state(run: RunDir) -> dict | None:
@@ -130,6 +133,8 @@ def train_meta_model(run: RunDir, config: RaytagConfig) -> dict:
             "dropout": config.model.dropout,
             "threads": threads,
             "balance_classes": config.tasks.balance_classes,
+            # fault injection for the resume test: fail once this epoch is saved
+            "fail_after_epoch": int(os.environ.get("RAYTAG_FAIL_AFTER_EPOCH", 0)) or None,
         },
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": threads}),

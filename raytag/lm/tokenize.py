@@ -9,10 +9,8 @@ there gives ``log p(candidate | prompt)``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -190,14 +188,3 @@ def encode_examples(tokenizer: Tokenizer, inputs: Sequence[str], choices: Sequen
         start += len(options)
     return EncodedExamples(prompts, candidates, np.asarray(reference, dtype=np.int64), tokenizer.pad_id,
                            int(max_length))
-
-
-def save_tokenizer_spec(tokenizer: Tokenizer, path: Path) -> None:
-    if isinstance(tokenizer, CharTokenizer):
-        tokenizer.save(path)
-    else:
-        atomic_write_json(path, {"type": "hf"})
-
-
-def read_tokenizer_kind(path: Path) -> str:
-    return json.loads(Path(path).read_text())["type"]

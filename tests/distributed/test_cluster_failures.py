@@ -30,9 +30,9 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # Small shards / batches and two actors, so each stage takes long enough to be hit mid-run.
-CLUSTER_OVERRIDES = ["project.batch_size=10", "project.num_actors=2", "estimate.num_subsets=300",
+CLUSTER_OVERRIDES = ["project.batch_size=20", "project.num_actors=2", "estimate.num_subsets=200",
                      "estimate.batch_size=2", "estimate.num_actors=2"]
-DRIVER_OVERRIDES = ["estimate.num_subsets=400", "estimate.batch_size=2", "estimate.num_actors=1"]
+DRIVER_OVERRIDES = ["estimate.num_subsets=300", "estimate.batch_size=2", "estimate.num_actors=1"]
 KILL_AFTER = 3  # shards / batches finished before the kill
 
 

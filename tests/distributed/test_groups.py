@@ -75,7 +75,7 @@ def test_groups_eval_strategies_margins_and_resume(tiny_run, tmp_path):
     assert len(trials) == 6  # 2 raytag groups + all-in-one + 1 single-task batch + 2 random groups
     all_in_one = next(path for path in trials if path.name.startswith("all-"))
     doctored = json.loads(all_in_one.read_text())
-    for entry in doctored["tasks"].values():
+    for entry in doctored["groups"][0].values():
         entry["test_ap"] = 0.5
     all_in_one.write_text(json.dumps(doctored))
     again = evaluate_groupings(run, config)
