@@ -16,9 +16,12 @@ peak resident memory (``VmHWM``, reset before every stage through ``/proc/self/c
 8. ``project``   the fast path (``make_pair_projector``) on a uniform sample of pairs, in
                  ``--chunk``-pair batches like one projection actor: pairs per second
 
+Every stage records wall time and this process's CPU time: on a shared, oversubscribed
+machine the wall time mostly measures the other tenants, the CPU time the work.
+
 Extrapolation: the full projection is every pair ``build_pairs`` made (all train/val
 positives of every task + ``--negatives-per-split`` sampled negatives per task and split),
-at the measured rate (CPU core-hours = pairs / rate × threads). GPU hours are measured when
+at the measured rate (on CPU pairs per CPU-second, so CPU core-hours = pairs / rate). GPU hours are measured when
 CUDA is present; otherwise they are estimated from the FLOPs one pair costs (forward through
 the trunk and head, one task's backward through the trunk, the per-layer factor
 projections), counted from the model and projector shapes, at an assumed sustained
@@ -39,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -82,8 +86,15 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def cpu_seconds() -> float:
+    """This process's user + system CPU time: on a shared, oversubscribed machine wall time
+    mostly measures the other tenants, CPU time measures the work."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class StageLog:
-    """Wall time and peak RSS of each stage, printed as it finishes."""
+    """Wall time, CPU time and peak RSS of each stage, printed as it finishes."""
 
     def __init__(self):
         self.stages: dict[str, dict] = {}
@@ -92,14 +103,17 @@ class StageLog:
     @contextmanager
     def stage(self, name: str):
         self.peak_is_per_stage &= _reset_peak_rss()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         yield self.stages.setdefault(name, {})
         record = self.stages[name]
         record["seconds"] = round(time.perf_counter() - started, 2)
+        record["cpu_seconds"] = round(cpu_seconds() - cpu_started, 2)
         record["peak_rss_gib"] = round(_proc_status_kib("VmHWM") / 1024**2, 3)
         record["rss_after_gib"] = round(_proc_status_kib("VmRSS") / 1024**2, 3)
-        details = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("seconds", "peak_rss_gib", "rss_after_gib"))
-        print(f"{name:>14}: {record['seconds']:8.1f} s, peak RSS {record['peak_rss_gib']:.2f} GiB"
+        details = ", ".join(f"{k}={v}" for k, v in record.items()
+                            if k not in ("seconds", "cpu_seconds", "peak_rss_gib", "rss_after_gib"))
+        print(f"{name:>14}: {record['seconds']:8.1f} s wall, {record['cpu_seconds']:8.1f} s CPU, "
+              f"peak RSS {record['peak_rss_gib']:.2f} GiB"
               + (f"  ({details})" if details else ""), flush=True)
 
 
@@ -167,12 +181,16 @@ def run(args: argparse.Namespace) -> dict:
             weights = torch.from_numpy(sample.training_weights(balance_classes=True))
             model = SignMLP(features.shape[1], args.hidden, taskset.num_tasks, 0.0)
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-            started = time.perf_counter()
+            warm_up = SignMLP(features.shape[1], args.hidden, taskset.num_tasks, 0.0)  # torch's lazy imports
+            train_epoch(warm_up, torch.optim.Adam(warm_up.parameters()), x[:2], labels[:2], weights[:2], 2,
+                        torch.Generator())
+            started, cpu_started = time.perf_counter(), cpu_seconds()
             loss = train_epoch(model, optimizer, x, labels, weights, args.batch_size,
                                torch.Generator().manual_seed(args.seed))
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
             record.update(rows=int(rows.size), loss=round(loss, 4), parameters=sum(p.numel() for p in model.parameters()),
-                          sample_tasks_per_s=round(rows.size * taskset.num_tasks / seconds))
+                          sample_tasks_per_s=round(rows.size * taskset.num_tasks / seconds),
+                          sample_tasks_per_cpu_s=round(rows.size * taskset.num_tasks / cpu))
             del x, labels, weights, sample
         model.eval()
 
@@ -188,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
             chosen = np.sort(np.random.default_rng(args.seed + 1).choice(len(pairs), size=min(args.sample_pairs, len(pairs)),
                                                                         replace=False))
             project = make_pair_projector(model.to(device), projector)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), cpu_seconds()
             for start in range(0, chosen.size, args.chunk):
                 batch = chosen[start:start + args.chunk]
                 out = project(torch.from_numpy(features[pairs.node[batch]]).to(device),
@@ -196,9 +214,12 @@ def run(args: argparse.Namespace) -> dict:
                 out.grads.cpu()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
-            rate = chosen.size / seconds
-            record.update(pairs=int(chosen.size), pairs_per_s=round(rate, 1), device=device.type)
+            seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+            # CPU: pairs per CPU-second (this process's share of a busy machine does not count);
+            # GPU: pairs per wall second (the host's CPU time is not the work).
+            rate = chosen.size / (seconds if device.type == "cuda" else cpu)
+            record.update(pairs=int(chosen.size), pairs_per_s=round(chosen.size / seconds, 1),
+                          pairs_per_cpu_s=round(chosen.size / cpu, 1), device=device.type)
 
         flops = pair_flops(model, projector)
         total_pairs = len(pairs)
@@ -208,13 +229,14 @@ def run(args: argparse.Namespace) -> dict:
             "flops_per_pair": flops,
             "measured_device": device.type,
             "measured_pairs_per_s": round(rate, 1),
+            "rate_basis": "wall time" if device.type == "cuda" else f"CPU time, {args.threads} torch thread(s)",
             "measured_gflops": round(rate * flops / 1e9, 2),
         }
         if device.type == "cuda":
             projection["gpu_hours"] = total_pairs / rate / 3600
             projection["gpu_hours_basis"] = f"measured on {torch.cuda.get_device_name()}"
         else:
-            projection["cpu_core_hours"] = total_pairs / rate * args.threads / 3600
+            projection["cpu_core_hours"] = total_pairs / rate / 3600
             projection["gpu_hours"] = total_pairs * flops / (args.gpu_tflops * 1e12) / 3600
             projection["gpu_hours_basis"] = (f"FLOP estimate: {flops:.3g} FLOPs/pair at an assumed sustained "
                                              f"{args.gpu_tflops} TFLOP/s")
@@ -232,6 +254,7 @@ def run(args: argparse.Namespace) -> dict:
             "stages": log.stages,
             "peak_rss_is_per_stage": log.peak_is_per_stage,
             "total_seconds": round(sum(s["seconds"] for s in log.stages.values()), 1),
+            "total_cpu_seconds": round(sum(s["cpu_seconds"] for s in log.stages.values()), 1),
             "projection": projection,
             "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
                         "torch": torch.__version__, "mem_total_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB, 1)},

@@ -60,28 +60,40 @@ EOF
 fi
 run_dir="$work/run"
 
-# 2. The head: every port on loopback, the dashboard / job API included.
-ray start --head --block \
-  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
-  --port="$gcs_port" --dashboard-port="$dashboard_port" --metrics-export-port="$metrics_port" \
-  --dashboard-agent-listen-port="$agent_port" --ray-client-server-port="$client_port" \
-  --num-cpus="${RAYTAG_CHECK_CPUS:-2}" --temp-dir="$work/ray" \
-  > "$work/head.log" 2>&1 &
-head_pid=$!
+# 2. The head: every port on loopback, the dashboard / job API included. Ray gives a new
+#    raylet 30 s to register with the GCS, which a very busy machine can miss; a head that
+#    dies while starting is therefore retried (3 attempts, 5 minutes each).
+head_pid=""
 scraper_pid=""
 stop_head() {
   [[ -n "$scraper_pid" ]] && kill "$scraper_pid" 2> /dev/null || true
-  kill "$head_pid" 2> /dev/null && wait "$head_pid" 2> /dev/null || true
+  [[ -n "$head_pid" ]] && kill "$head_pid" 2> /dev/null && wait "$head_pid" 2> /dev/null || true
 }
 trap stop_head EXIT
 trap 'exit 130' INT TERM  # exit through the EXIT trap
 
 address="http://127.0.0.1:$dashboard_port"
-for _ in $(seq 120); do
-  ray job list --address "$address" > /dev/null 2>&1 && break
-  kill -0 "$head_pid" 2> /dev/null || { cat "$work/head.log"; echo "the head exited" >&2; exit 1; }
-  sleep 1
+for attempt in 1 2 3; do
+  ray start --head --block \
+    --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
+    --port="$gcs_port" --dashboard-port="$dashboard_port" --metrics-export-port="$metrics_port" \
+    --dashboard-agent-listen-port="$agent_port" --ray-client-server-port="$client_port" \
+    --num-cpus="${RAYTAG_CHECK_CPUS:-2}" --temp-dir="$work/ray" \
+    > "$work/head.log" 2>&1 &
+  head_pid=$!
+  deadline=$((SECONDS + 300))
+  until ray job list --address "$address" > /dev/null 2>&1; do
+    if ! kill -0 "$head_pid" 2> /dev/null || ((SECONDS > deadline)); then
+      echo "attempt $attempt: the head did not come up: $(grep -m1 -E 'Exception|Error' "$work/head.log")" >&2
+      stop_head
+      head_pid=""
+      break
+    fi
+    sleep 1
+  done
+  [[ -n "$head_pid" ]] && break
 done
+[[ -n "$head_pid" ]] || { echo "no Ray head after 3 attempts; see $work/head.log" >&2; exit 1; }
 echo "head up: pid $head_pid, GCS 127.0.0.1:$gcs_port, job API $address, metrics :$metrics_port, temp $work/ray"
 unauthenticated=$(curl -s -o /dev/null -w '%{http_code}' "$address/api/jobs/" || true)
 echo "job API without the token answers HTTP $unauthenticated"
@@ -101,13 +113,18 @@ submission_id="raytag-check-$(date +%H%M%S)"
 ray job submit --address "$address" --submission-id "$submission_id" --no-wait \
   --working-dir . --runtime-env jobs/runtime_env.yaml \
   -- python -m raytag run "$config" --run-dir "$run_dir" "$@"
-status=PENDING
-while [[ "$status" =~ ^(PENDING|RUNNING)$ ]]; do
-  sleep 3
-  status=$(ray job status --address "$address" "$submission_id" 2> /dev/null \
-    | sed -n "s/.*Job '$submission_id' \([A-Z]*\).*/\1/p" | tail -1)
-  status=${status:-PENDING}
-done
+status=$(python - "$address" "$submission_id" <<'EOF'
+import sys
+import time
+
+from ray.job_submission import JobSubmissionClient
+
+client = JobSubmissionClient(sys.argv[1])
+while not (status := client.get_job_status(sys.argv[2])).is_terminal():
+    time.sleep(3)
+print(status.value)
+EOF
+)
 ray job logs --address "$address" "$submission_id" > "$work/job.log" 2>&1 || true
 echo "job $submission_id: $status (log: $work/job.log)"
 tail -5 "$work/job.log"

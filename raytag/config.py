@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from raytag.lm.config import LMConfig
+
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 
 
@@ -32,10 +34,11 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    format: Literal["dblp", "snap", "adjlist", "synthetic"] = Field(
+    format: Literal["dblp", "snap", "adjlist", "synthetic", "text"] = Field(
         "dblp",
         description="dblp: the vendored SNAP com-DBLP files; snap: `edges` edge list + `communities` file; "
-        "adjlist: `adjacency` list + `labels` node-labels file; synthetic: planted-community generator.",
+        "adjlist: `adjacency` list + `labels` node-labels file; synthetic: planted-community generator; "
+        "text: instruction tasks for a LoRA language model (see the `lm` section).",
     )
     edges: Optional[Path] = Field(None, description="Edge list (u v per line; tab/space/comma; # comments; .gz ok). format=snap.")
     communities: Optional[Path] = Field(None, description="Communities: one per line of node ids, or cdlib JSON. format=snap.")
@@ -216,6 +219,7 @@ class RaytagConfig(_Section):
     select: SelectConfig = Field(default_factory=SelectConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     ray: RayConfig = Field(default_factory=RayConfig)
+    lm: LMConfig = Field(default_factory=LMConfig, description="Language-model runs (data.format=text).")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -39,6 +39,11 @@ class Stage:
 
 
 def _prepare(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    if config.data.format == "text":
+        from raytag.lm.stages import prepare_text
+
+        prepare_text(run, config)
+        return
     from raytag.data.features import compute_node_features
     from raytag.data.graph import Graph
     from raytag.data.pairs import build_pairs
@@ -119,6 +124,11 @@ def load_graph(run: RunDir):
 
 
 def _train(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    if config.data.format == "text":
+        from raytag.lm.stages import train_lm
+
+        train_lm(run, config)
+        return
     from raytag.data.tasks import TaskSet
     from raytag.distributed.train import train_meta_model
     from raytag.evaluation import per_task_metrics
@@ -139,6 +149,11 @@ def _train(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
 
 
 def _project(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
+    if config.data.format == "text":
+        from raytag.lm.stages import project_lm
+
+        project_lm(run, config, stage_hash(config, "project"), force=force)
+        return
     from raytag.distributed.project import project_gradients
 
     project_gradients(run, config, stage_hash(config, "project"), force=force)
@@ -287,7 +302,7 @@ def _report(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
 
 
 STAGES: list[Stage] = [
-    Stage("prepare", ("data", "tasks", "features"), _prepare,
+    Stage("prepare", ("data", "tasks", "features", "lm"), _prepare,
           help="Load the graph and labels, build tasks and splits, compute node features."),
     Stage("train", ("model", "training"), _train, upstream="prepare", needs_ray=True,
           scratch=("model/train_state.pt", "ray_results/train"),
@@ -332,6 +347,7 @@ def run_stage(run: RunDir, config: RaytagConfig, name: str, *, force: bool = Fal
     if not (force or stage.always) and run.is_done(name, digest):
         log.info("%s: done already (config unchanged) — skipped", name)
         return False
+    run.marker(name).unlink(missing_ok=True)  # outputs are about to change: not done until this run ends
     _drop_stale_scratch(run, stage, digest, force)
     started = time.perf_counter()
     log.info("%s: running", name)

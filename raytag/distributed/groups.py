@@ -183,7 +183,8 @@ def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
     ppr = train_metrics["ppr_baseline"]
     strategies["ppr"] = {"mean_test_ap": ppr["mean_test_ap"], "mean_test_f1": ppr["mean_test_f1"],
                          "std_test_ap": None, "std_test_f1": None,
-                         "per_task": {name: {"test_ap": _finite_or_none(ap)} for name, ap in ppr["per_task_test_ap"].items()}}
+                         "per_task": {name: {"test_ap": _finite_or_none(ap)}
+                                      for name, ap in ppr["per_task_test_ap"].items()}}
     notes.append("all_in_one_best_epoch: θ* itself, each task at its own best training epoch (metrics/train.json); "
                  "ppr: personalized PageRank from each task's training seeds, not learned; both are single runs")
 
