@@ -110,9 +110,13 @@ scraper_pid=$!
 
 # 4. Submit the run exactly as jobs/README.md says and wait for it.
 submission_id="raytag-check-$(date +%H%M%S)"
-ray job submit --address "$address" --submission-id "$submission_id" --no-wait \
-  --working-dir . --runtime-env jobs/runtime_env.yaml \
-  -- python -m raytag run "$config" --run-dir "$run_dir" "$@"
+for attempt in 1 2 3; do  # a busy head's version check can time out before anything is submitted
+  ray job submit --address "$address" --submission-id "$submission_id" --no-wait \
+    --working-dir . --runtime-env jobs/runtime_env.yaml \
+    -- python -m raytag run "$config" --run-dir "$run_dir" "$@" && break
+  ((attempt < 3)) || { echo "ray job submit failed 3 times" >&2; exit 1; }
+  sleep 10
+done
 status=$(python - "$address" "$submission_id" <<'EOF'
 import sys
 import time

@@ -249,19 +249,21 @@ def _grouping_recommendation(run: RunDir, config: RaytagConfig, groups: list[lis
 
     estimator = make_estimator(config).fit(load_gradient_data(run))
     n = len(names)
-
-    def grouped_losses(grouping: list[list[int]]) -> np.ndarray:
-        losses = np.full(n, np.nan)
-        for group in grouping:
-            members = np.asarray(sorted(group))
-            losses[members] = estimator.predict(members[None, :])[0][members]
-        return losses
-
-    ours = grouped_losses(groups)
-    all_in_one = estimator.predict(np.arange(n)[None, :])[0]
     sizes = [len(group) for group in groups]
-    random = np.nanmean([grouped_losses(random_grouping(sizes, n, seed=config.cluster.seed + draw))
-                         for draw in range(random_draws)], axis=0)
+    groupings = [groups] + [random_grouping(sizes, n, seed=config.cluster.seed + draw) for draw in range(random_draws)]
+    # One batched prediction: every group of every grouping, padded with -1, plus all tasks together.
+    rows = [sorted(group) for grouping in groupings for group in grouping] + [list(range(n))]
+    padded = np.full((len(rows), n), -1, dtype=np.int64)
+    for index, row in enumerate(rows):
+        padded[index, :len(row)] = row
+    predicted = estimator.predict(padded)
+    losses = np.full((len(groupings), n), np.nan)
+    index = 0
+    for which, grouping in enumerate(groupings):
+        for group in grouping:
+            losses[which, group] = predicted[index, group]
+            index += 1
+    ours, random, all_in_one = losses[0], losses[1:].mean(axis=0), predicted[-1]
     gain_all, gain_random = all_in_one - ours, random - ours  # positive: our groups are predicted better
     wins_all, wins_random = int(np.sum(gain_all > 0)), int(np.sum(gain_random > 0))
     split = wins_all > n / 2 and wins_random > n / 2 and np.nanmean(gain_random) > 0
