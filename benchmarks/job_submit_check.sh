@@ -158,11 +158,13 @@ artifacts = {name: (run / name).is_file() for name in ("affinity.npy", "groups.j
 metrics: dict[str, float] = {}
 text = (Path(work) / "metrics.txt").read_text() if (Path(work) / "metrics.txt").exists() else ""
 for scrape in text.split("# scrape\n"):
-    totals: dict[str, float] = {}
+    series = {}  # one value per exported series (a scrape may hold a late duplicate)
     for name, labels, value in re.findall(r"^(ray_raytag_\w+)(?:\{([^}]*)\})? (\S+)$", scrape, re.M):
         own = ",".join(f'{k}="{v}"' for k, v in re.findall(r'(\w+)="([^"]*)"', labels) if k in ("stage", "estimator"))
-        key = f"{name}{{{own}}}" if own else name
-        totals[key] = totals.get(key, 0.0) + float(value)
+        series[(f"{name}{{{own}}}" if own else name, labels)] = float(value)
+    totals: dict[str, float] = {}
+    for (key, _), value in series.items():
+        totals[key] = totals.get(key, 0.0) + value
     for key, value in totals.items():
         metrics[key] = max(metrics.get(key, 0.0), value)
 result = {"job": submission_id, "status": status, "artifacts": artifacts,

@@ -176,8 +176,8 @@ class ClusterConfig(_Section):
 
 
 class GroupsConfig(_Section):
-    epochs: int = Field(30, gt=0, description="Epochs of each per-group fine-tune from the meta-initialization.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of per-group fine-tunes.")
+    epochs: int = Field(10, gt=0, description="Epochs of each per-group fine-tune from the meta-initialization.")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of per-group fine-tunes.")
     seeds: int = Field(2, gt=0, description="Seeds per strategy (noise is reported).")
     single_task_limit: int = Field(100, gt=0, description="Train the single-task baseline for at most this many tasks.")
 

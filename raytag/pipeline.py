@@ -322,7 +322,7 @@ STAGES: list[Stage] = [
           scratch=("validate",),
           help="Really fine-tune θ* on sampled subsets (Ray Tune) and score the estimates against them."),
     Stage("groups", ("groups",), _groups, upstream="cluster", needs_ray=True, in_run=False,
-          scratch=("groups_trials",),
+          scratch=("groups_trials", "ray_results/groups"),
           help="Train one model per group (Ray Tune) against all-in-one, single-task and random groups."),
     Stage("report", (), _report, always=True, help="Write report/report.html (self-contained) with the figures."),
 ]

@@ -192,6 +192,9 @@ def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
     margins = {f"vs_{other}": {"test_ap": ours["mean_test_ap"] - strategies[other]["mean_test_ap"],
                                "test_f1": ours["mean_test_f1"] - strategies[other]["mean_test_f1"]}
                for other in ("all_in_one", "random_groups", "single_task", "all_in_one_best_epoch", "ppr")}
+    if len(single) < n:  # the means above cover different tasks: compare on the single-task ones too
+        margins["vs_single_task_same_tasks"] = {key: _common_task_margin(ours, strategies["single_task"], key)
+                                                for key in ("test_ap", "test_f1")}
     result = {
         "strategies": strategies,
         "seeds": seeds,
@@ -268,6 +271,13 @@ def _summarize(per_seed: list[dict[int, dict]], names: list[str], seconds: float
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
     }
+
+
+def _common_task_margin(ours: dict, theirs: dict, key: str) -> float:
+    """Mean per-task difference over the tasks both strategies scored."""
+    common = [t for t, entry in theirs["per_task"].items()
+              if entry[key] is not None and ours["per_task"].get(t, {}).get(key) is not None]
+    return float(np.mean([ours["per_task"][t][key] - theirs["per_task"][t][key] for t in common]))
 
 
 def _noise(strategies: dict, num_seeds: int) -> dict:

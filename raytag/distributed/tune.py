@@ -31,6 +31,8 @@ def run_trials(job: Callable[[dict], dict], jobs: list[dict], *, results_dir: Pa
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space={"params": tune.grid_search(pending)},
+            # reuse trial processes: starting one (torch import, features load) costs more than a short fine-tune
+            tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage_path), verbose=0),
         )
         grid = tuner.fit()

@@ -84,3 +84,11 @@ def test_groups_eval_strategies_margins_and_resume(tiny_run, tmp_path):
     assert again["strategies"]["all_in_one"]["mean_test_ap"] == pytest.approx(0.5)
     assert again["strategies"]["raytag_groups"] == {**strategies["raytag_groups"],
                                                     "seconds": again["strategies"]["raytag_groups"]["seconds"]}
+
+
+def test_single_task_margin_on_common_tasks_skips_missing_and_nan():
+    from raytag.distributed.groups import _common_task_margin
+
+    ours = {"per_task": {"a": {"test_ap": 0.5}, "b": {"test_ap": 0.2}, "c": {"test_ap": 0.9}}}
+    theirs = {"per_task": {"a": {"test_ap": 0.25}, "b": {"test_ap": None}}}  # c not trained, b without positives
+    assert _common_task_margin(ours, theirs, "test_ap") == pytest.approx(0.25)
