@@ -188,7 +188,8 @@ def run(args: argparse.Namespace) -> dict:
             loss = train_epoch(model, optimizer, x, labels, weights, args.batch_size,
                                torch.Generator().manual_seed(args.seed))
             seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-            record.update(rows=int(rows.size), loss=round(loss, 4), parameters=sum(p.numel() for p in model.parameters()),
+            record.update(rows=int(rows.size), loss=round(loss, 4),
+                          parameters=sum(p.numel() for p in model.parameters()),
                           sample_tasks_per_s=round(rows.size * taskset.num_tasks / seconds),
                           sample_tasks_per_cpu_s=round(rows.size * taskset.num_tasks / cpu))
             del x, labels, weights, sample
@@ -203,8 +204,8 @@ def run(args: argparse.Namespace) -> dict:
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         with log.stage("project") as record:
-            chosen = np.sort(np.random.default_rng(args.seed + 1).choice(len(pairs), size=min(args.sample_pairs, len(pairs)),
-                                                                        replace=False))
+            size = min(args.sample_pairs, len(pairs))
+            chosen = np.sort(np.random.default_rng(args.seed + 1).choice(len(pairs), size=size, replace=False))
             project = make_pair_projector(model.to(device), projector)
             started, cpu_started = time.perf_counter(), cpu_seconds()
             for start in range(0, chosen.size, args.chunk):
@@ -257,7 +258,8 @@ def run(args: argparse.Namespace) -> dict:
             "total_cpu_seconds": round(sum(s["cpu_seconds"] for s in log.stages.values()), 1),
             "projection": projection,
             "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
-                        "torch": torch.__version__, "mem_total_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB, 1)},
+                        "torch": torch.__version__,
+                        "mem_total_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB, 1)},
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -272,7 +274,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--communities", type=int, default=None, help="planted communities (default: --tasks)")
     parser.add_argument("--min-community", type=int, default=100, help="smallest planted community")
     parser.add_argument("--max-community", type=int, default=10_000, help="largest planted community")
-    parser.add_argument("--max-positives", type=int, default=1000, help="tasks.max_positives_per_task (balanced regime)")
+    parser.add_argument("--max-positives", type=int, default=1000,
+                        help="tasks.max_positives_per_task (balanced regime)")
     parser.add_argument("--negatives-per-split", type=int, default=1000, help="tasks.negatives_per_split")
     parser.add_argument("--feature-dim", type=int, default=32, help="FastRP dimension (features.dim)")
     parser.add_argument("--hops", type=int, default=2, help="SIGN hops (features.hops)")

@@ -54,7 +54,9 @@ def _execute(stages: list[str], run_dir: Path, config_path: Optional[str], overr
         for name in stages:
             run_stage(run, config, name, force=force)
     except BaseException:
-        if created and run.root.exists():
+        finished = run.root.is_dir() and any(p for p in (run.root / "stages").glob("*.json")
+                                             if not p.name.endswith(".started.json"))
+        if created and run.root.exists() and not finished:  # keep finished stages, even on Ctrl-C
             shutil.rmtree(run.root, ignore_errors=True)
         raise
     return run

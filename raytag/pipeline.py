@@ -330,12 +330,21 @@ STAGE_NAMES = [stage.name for stage in STAGES]
 RUN_STAGES = [stage.name for stage in STAGES if stage.in_run]
 
 
+OPERATIONAL_FIELDS = {"project": {"num_actors"}, "estimate": {"num_actors"}}
+"""Settings that change how much runs in parallel, not what is computed: left out of stage hashes,
+so resuming with more actors keeps the finished shards and batches."""
+
+
 def stage_hash(config: RaytagConfig, name: str) -> str:
     """Hash of this stage's config sections and its upstream stage's hash (so, transitively, of
     every setting its inputs depend on)."""
     stage = next(s for s in STAGES if s.name == name)
     upstream = stage_hash(config, stage.upstream) if stage.upstream else None
-    return config_hash({"sections": config.section_dict(*stage.sections), "upstream": upstream})
+    sections = config.section_dict(*stage.sections)
+    for section, fields in OPERATIONAL_FIELDS.items():
+        for field in fields.intersection(sections.get(section, {})):
+            del sections[section][field]
+    return config_hash({"sections": sections, "upstream": upstream})
 
 
 def save_config(run: RunDir, config: RaytagConfig) -> None:
@@ -353,7 +362,13 @@ def run_stage(run: RunDir, config: RaytagConfig, name: str, *, force: bool = Fal
     _drop_stale_scratch(run, stage, digest, force)
     started = time.perf_counter()
     log.info("%s: running", name)
+    if stage.needs_ray:
+        from raytag.distributed.metrics import stage_progress
+
+        stage_progress(name, 0.0)
     stage.run(run, config, force=force)
+    if stage.needs_ray:
+        stage_progress(name, 1.0)
     seconds = time.perf_counter() - started
     run.mark_done(name, digest, seconds)
     log.info("%s: finished in %.1f s", name, seconds)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from raytag.config import RaytagConfig
 from raytag.data.pairs import Pairs
+from raytag.distributed.metrics import stage_progress
 from raytag.distributed.session import use_gpu
 from raytag.grads import GradientStore, make_pair_projector, projector_from_spec, save_projector
 from raytag.grads.factory import build_projector, fit_sample
@@ -109,9 +110,11 @@ def project_gradients(run: RunDir, config: RaytagConfig, config_hash: str, *, fo
             ShardProjector, fn_constructor_kwargs={"run_dir": str(run.root), "projector_spec": spec, "gpu": gpu},
             batch_size=1, compute=ActorPoolStrategy(size=config.project.num_actors),
             num_gpus=1 if gpu else 0, num_cpus=1)
-        with tqdm(total=sum(it["stop"] - it["start"] for it in items), unit="pair", desc="project") as bar:
+        done_before = len(pairs) - sum(it["stop"] - it["start"] for it in items)
+        with tqdm(total=len(pairs), initial=done_before, unit="pair", desc="project") as bar:
             for row in dataset.iter_rows():
                 bar.update(int(row["rows"]))
+                stage_progress("project", bar.n / len(pairs))
     store.sync_manifest()
     store.consolidate()
     return store
