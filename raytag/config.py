@@ -132,7 +132,8 @@ class ProjectConfig(_Section):
         description="kfac: factored projection onto per-layer KFAC eigenbases (informed, fast); kronecker: random "
         "factored; svd: top singular directions of sampled gradients; gaussian/rademacher: dense random (exact path).",
     )
-    d: int = Field(200, gt=0, description="Projected gradient dimension.")
+    d: int = Field(1000, gt=0, description="Projected gradient dimension (DBLP validation: kfac d=1000 ranks subsets "
+                   "at within-task Spearman 0.91-0.995 where d=200 reached 0.29-0.975).")
     dtype: Literal["float32", "float16"] = Field("float32", description="Storage dtype of projected gradients.")
     batch_size: int = Field(2048, gt=0, description="Pairs per Ray Data batch.")
     num_actors: int = Field(1, gt=0, description="Projection actors (one model copy each).")
@@ -142,7 +143,8 @@ class ProjectConfig(_Section):
 
 class FinetuneConfig(_Section):
     lr: float = Field(0.05, gt=0, description="Learning rate of the deterministic full-batch gradient-descent fine-tune.")
-    steps: int = Field(50, gt=0, description="Steps of that fine-tune (the linearized estimator runs the same).")
+    steps: int = Field(10, gt=0, description="Steps of that fine-tune (the linearized estimator runs the same; "
+                       "longer fine-tunes leave the linear regime — see README, Validation).")
 
 
 class EstimateConfig(_Section):
