@@ -47,7 +47,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, "tests")
-from conftest import TINY_OVERRIDES, write_labelled_graph  # the tests' tiny graph recipe
+from run_helpers import TINY_OVERRIDES, write_labelled_graph  # the tests' tiny graph recipe
 
 from raytag.config import load_config
 

@@ -92,7 +92,7 @@ def estimated_in_process(run, config) -> tuple[np.ndarray, np.ndarray]:
 
 def without_projection(tiny_run, folder: Path):
     """A copy of the tiny run without gradients or estimates (what the cluster test recomputes)."""
-    from conftest import copy_run
+    from run_helpers import copy_run
 
     run = copy_run(tiny_run[0], folder)
     for stage in ("project", "estimate"):
@@ -133,7 +133,7 @@ def test_worker_node_killed_during_projection_and_estimation(tiny_run, tmp_path)
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_driver_killed_mid_estimate_resumes_by_rerunning_the_command(tiny_run, tmp_path):
-    from conftest import copy_run
+    from run_helpers import copy_run
 
     from raytag.config import load_config
     from raytag.estimate.affinity import affinity_matrix

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import copy_run
+from run_helpers import copy_run
 
 from raytag.data.tasks import TaskSet
 from raytag.distributed.groups import LEARNED, evaluate_groupings, finetune_group, load_finetune_inputs

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import ray
-from conftest import copy_run
+from run_helpers import copy_run
 
 from raytag.distributed import project as project_module
 from raytag.distributed.project import project_gradients

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import copy_run
+from run_helpers import copy_run
 
 from raytag import pipeline
 from raytag.data.pairs import Pairs

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_run
+from run_helpers import copy_run
 from raytag.models import load_model
 from raytag.pipeline import run_stage
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_run
+from run_helpers import copy_run
 
 METRIC_KEYS = ("within_task_spearman", "delta_relative_error", "affinity_spearman", "mean_relative_error",
                "spearman")

@@ -12,7 +12,6 @@ from raytag.lm.config import VENDORED_TASKS  # noqa: E402
 from raytag.lm.stages import reference_slots  # noqa: E402
 from raytag.lm.tasks import load_text_tasks  # noqa: E402
 from raytag.lm.tokenize import CharTokenizer, encode_examples  # noqa: E402
-from raytag.models.lm import add_lora, tiny_llama  # noqa: E402
 
 TASKS = ["sports_understanding", "navigate", "social_support", "presuppositions_as_nli"]
 
@@ -35,9 +34,3 @@ def tiny_text():
     tokenizer = CharTokenizer.fit(inputs + [c for cs in choices for c in cs], min_count=1)
     reference = reference_slots(choices, np.concatenate([t.target_index for t in tasks]))
     return encode_examples(tokenizer, inputs, choices, reference, max_length=48), tasks, tokenizer
-
-
-def tiny_lora_model(vocab_size, rank=2, seed=0):
-    """Random B (not zero) so every LoRA matrix has a nonzero gradient."""
-    return add_lora(tiny_llama(vocab_size, hidden_size=16, num_layers=2, num_heads=2, max_length=64, seed=seed),
-                    rank=rank, alpha=4.0, seed=seed, init_scale=0.3)

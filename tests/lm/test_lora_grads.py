@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_lora_model
+from lm_helpers import tiny_lora_model
 from torch.nn import functional as F
 
 from raytag.grads import DenseProjector, KroneckerProjector

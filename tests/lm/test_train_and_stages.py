@@ -18,7 +18,7 @@ from raytag.lm.train import ExampleTable, finetune_subset, predict_margins, pret
 from raytag.models.lm import load_lm_checkpoint
 from raytag.pipeline import load_gradient_data
 from raytag.rundir import RunDir
-from conftest import tiny_lora_model
+from lm_helpers import tiny_lora_model
 
 
 def test_tiny_lm_training_lowers_the_loss(tiny_text):
