@@ -208,13 +208,10 @@ def _newton(train: TaskBlocks, member: torch.Tensor, *, l2: float, max_iter: int
     return updates
 
 
-class NewtonLogistic(SubsetEstimator):
-    """The :class:`OneStepNewton` objective solved to convergence by Newton/IRLS on the
-    subset's training pairs (``max_iter=1`` is exactly the one-step estimate)."""
+class _IterativeNewton(SubsetEstimator):
+    """Shared settings of the estimators that run Newton/IRLS iterations per subset."""
 
-    def __init__(self, l2: float = 1e-3, max_iter: int = 25, tol: float = 1e-6,
-                 dtype: str = "float32"):
-        self.l2 = _check_positive("l2", l2)
+    def _set_iteration(self, max_iter: int, tol: float, dtype: str) -> None:
         self.max_iter = int(_check_positive("max_iter", max_iter))
         self.tol = float(tol)
         self.dtype = _check_dtype(dtype)
@@ -222,12 +219,22 @@ class NewtonLogistic(SubsetEstimator):
     def default_batch_size(self) -> int:
         return max(1, min(256, (_MATRIX_BUDGET // 2) // self.d_ ** 2))
 
+
+class NewtonLogistic(_IterativeNewton):
+    """The :class:`OneStepNewton` objective solved to convergence by Newton/IRLS on the
+    subset's training pairs (``max_iter=1`` is exactly the one-step estimate)."""
+
+    def __init__(self, l2: float = 1e-3, max_iter: int = 25, tol: float = 1e-6,
+                 dtype: str = "float32"):
+        self.l2 = _check_positive("l2", l2)
+        self._set_iteration(max_iter, tol, dtype)
+
     def _updates(self, member):
         return _newton(self.train_, member, l2=self.l2, max_iter=self.max_iter, tol=self.tol,
                        with_offset=True, task_mean=True)
 
 
-class SeedLogistic(SubsetEstimator):
+class SeedLogistic(_IterativeNewton):
     """The seed's regression: logistic on the gradients alone (no base-logit offset, no
     intercept), sklearn-style ``C``: minimize ``Σ_i ω_i log-loss + ||w||²/(2C)`` over the subset's
     training pairs (ω = pair weights, i.e. sklearn's ``sample_weight``). Evaluated like the
@@ -236,12 +243,7 @@ class SeedLogistic(SubsetEstimator):
     def __init__(self, C: float = 1.0, max_iter: int = 25, tol: float = 1e-6,
                  dtype: str = "float32"):
         self.C = _check_positive("C", C)
-        self.max_iter = int(_check_positive("max_iter", max_iter))
-        self.tol = float(tol)
-        self.dtype = _check_dtype(dtype)
-
-    def default_batch_size(self) -> int:
-        return max(1, min(256, (_MATRIX_BUDGET // 2) // self.d_ ** 2))
+        self._set_iteration(max_iter, tol, dtype)
 
     def _updates(self, member):
         return _newton(self.train_, member, l2=1.0 / self.C, max_iter=self.max_iter, tol=self.tol,
