@@ -25,7 +25,7 @@ from raytag.distributed.metrics import stage_progress
 from raytag.distributed.session import use_gpu
 from raytag.grads import GradientStore, make_pair_projector, projector_from_spec, save_projector
 from raytag.grads.factory import build_projector, fit_sample
-from raytag.io import file_hash
+from raytag.io import file_hash, read_json
 from raytag.models import load_model
 from raytag.rundir import RunDir
 
@@ -65,8 +65,6 @@ def _projector_spec(run: RunDir, config: RaytagConfig, pairs: Pairs, force: bool
     """Reuse the projector saved with an existing store (a resume), else fit and save one."""
     store_manifest = run.grad_store / "manifest.json"
     if store_manifest.is_file() and not force:
-        from raytag.io import read_json
-
         saved = read_json(store_manifest)
         if saved.get("projector", {}).get("config") == _projector_config(config):
             return saved["projector"]

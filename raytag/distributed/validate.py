@@ -25,7 +25,6 @@ from raytag.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-TASKS_TRAINED_METRIC = "raytag_tasks_trained"
 MIN_APPEARANCES = 8  # subsets per validated task: enough points for a within-task rank correlation
 STOCHASTIC_SEEDS = (0, 1)
 
@@ -65,12 +64,11 @@ def finetune_and_evaluate(params: dict) -> dict:
 
 
 def _trial(params: dict) -> dict:
-    """The Tune job: one fine-tune, counted on the Ray metrics endpoint."""
-    from ray.util.metrics import Counter
+    """The Tune job: one fine-tune, its tasks counted on the Ray metrics endpoint."""
+    from raytag.distributed.metrics import tasks_trained
 
     result = finetune_and_evaluate(params)
-    Counter(TASKS_TRAINED_METRIC, description="Validation fine-tunes finished",
-            tag_keys=("optimizer",)).inc(1, tags={"optimizer": params["optimizer"]})
+    tasks_trained(len(params["subset"]))
     return result
 
 
