@@ -3,10 +3,16 @@
 # a raytag run submitted with `ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml`,
 # its outputs, and raytag's metrics on the head's Prometheus export port.
 #
-# Usage: benchmarks/job_submit_check.sh [CONFIG [--set FIELD=VALUE ...]]
+# Usage: [RAYTAG_CHECK_KILL_NODE=1] benchmarks/job_submit_check.sh [CONFIG [--set FIELD=VALUE ...]]
 #   Without CONFIG a tiny labelled graph (the tests' recipe: 800 nodes, 8 tasks) and a config
 #   for it are generated, so the whole run takes a minute or two. With CONFIG (e.g.
 #   raytag/configs/dblp_demo.yaml) that config runs instead; extra arguments go to `raytag run`.
+#   RAYTAG_CHECK_KILL_NODE=1 also joins a second node to the head (benchmarks/loopback_node.py:
+#   `ray start --address` cannot bind a worker node to 127.0.0.1; RAYTAG_CHECK_WORKER_CPUS CPUs,
+#   default 2) and kills it by pid (SIGKILL to its raylet, its other processes and the helper) once
+#   RAYTAG_CHECK_KILL_AFTER projection shards (default 2) are done and a projection actor runs
+#   on it; the job must still succeed. Pass `--set project.num_actors=2` so that projection
+#   spans both nodes.
 #
 # Everything lives in a fresh /tmp/rtjob.* folder (Ray's temp dir, the run dir, logs). Every
 # port is free-picked and bound to 127.0.0.1; token authentication is on (RAY_AUTH_MODE=token,
@@ -14,7 +20,7 @@
 # The head is stopped by its own pid at exit — never `ray stop`, which would stop every Ray
 # on the machine. Exit status 0 when the job succeeded, the run dir holds affinity.npy,
 # groups.json and report/report.html, and raytag metrics were exported; the last line of
-# output is one JSON object with the findings.
+# output is one JSON object with the findings (with a second node: whether and when it was killed).
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +36,7 @@ free_port() {
 }
 gcs_port=$(free_port); dashboard_port=$(free_port); metrics_port=$(free_port)
 agent_port=$(free_port); client_port=$(free_port)
+kill_node=${RAYTAG_CHECK_KILL_NODE:-0}
 if [[ -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
   ray get-auth-token --generate > /dev/null
 fi
@@ -65,7 +72,13 @@ run_dir="$work/run"
 #    dies while starting is therefore retried (3 attempts, 5 minutes each).
 head_pid=""
 scraper_pid=""
+worker_pid=""
+killer_pid=""
 stop_head() {
+  [[ -n "$killer_pid" ]] && kill "$killer_pid" 2> /dev/null || true
+  if [[ -n "$worker_pid" ]] && kill -0 "$worker_pid" 2> /dev/null; then
+    kill "$worker_pid" 2> /dev/null && wait "$worker_pid" 2> /dev/null || true
+  fi
   [[ -n "$scraper_pid" ]] && kill "$scraper_pid" 2> /dev/null || true
   [[ -n "$head_pid" ]] && kill "$head_pid" 2> /dev/null && wait "$head_pid" 2> /dev/null || true
 }
@@ -97,6 +110,59 @@ done
 echo "head up: pid $head_pid, GCS 127.0.0.1:$gcs_port, job API $address, metrics :$metrics_port, temp $work/ray"
 unauthenticated=$(curl -s -o /dev/null -w '%{http_code}' "$address/api/jobs/" || true)
 echo "job API without the token answers HTTP $unauthenticated"
+
+# 2b. Optionally a second node on the same loopback head, killed by pid during projection.
+if [[ "$kill_node" == 1 ]]; then
+  python benchmarks/loopback_node.py "127.0.0.1:$gcs_port" "${RAYTAG_CHECK_WORKER_CPUS:-2}" "$work/ray2" \
+    > "$work/worker.log" 2>&1 &
+  worker_pid=$!
+  python - "$address" <<'EOF'
+import sys
+import time
+
+from ray.util.state import list_nodes
+
+deadline = time.monotonic() + 300
+while sum(node.state == "ALIVE" for node in list_nodes(address=sys.argv[1])) < 2:
+    if time.monotonic() > deadline:
+        sys.exit("the second node did not join within 300 s")
+    time.sleep(1)
+EOF
+  echo "second node up: pid $worker_pid (log $work/worker.log)"
+  (  # kill it once projection is under way on it; the finding goes to kill.json
+    python - "$address" "$run_dir" "$worker_pid" "${RAYTAG_CHECK_KILL_AFTER:-2}" "$work/worker.log" \
+      > "$work/kill.json" 2> "$work/kill.log" <<'EOF'
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ray.util.state import list_actors, list_nodes
+
+address, run_dir, worker_pid, kill_after = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+found = re.search(r"raylet pid (\d+), other pids ([\d ]*)", Path(sys.argv[5]).read_text())
+node_pids = [int(found.group(1)), *map(int, found.group(2).split())]  # raylet first
+worker_node = next(node.node_id for node in list_nodes(address=address) if not node.is_head_node)
+shards = run_dir / "grads" / "shards"
+while True:
+    done = len(list(shards.glob("*.done.json"))) if shards.is_dir() else 0
+    if done >= kill_after:
+        projecting = [actor for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")])
+                      if "MapWorker" in actor.class_name and actor.node_id == worker_node]
+        if projecting:
+            for pid in (*node_pids, worker_pid):  # every process of the node: no graceful shutdown
+                os.kill(pid, signal.SIGKILL)
+            print(json.dumps({"killed": True, "shards_done_at_kill": done, "projection_actors_on_node": len(projecting),
+                              "killed_pids": [*node_pids, worker_pid], "at": time.strftime("%H:%M:%S")}))
+            break
+    time.sleep(0.5)
+EOF
+  ) &
+  killer_pid=$!
+fi
 
 # 3. Scrape raytag's metrics every 2 s while the job runs (a finished worker's series may
 #    be dropped later, so keep every raytag line seen).
@@ -138,19 +204,22 @@ wait "$scraper_pid" 2> /dev/null || true
 scraper_pid=""
 { echo "# scrape"; curl -s "http://127.0.0.1:$metrics_port/metrics" | grep '^ray_raytag_'; } >> "$work/metrics.txt" || true
 
+[[ -n "$killer_pid" ]] && kill "$killer_pid" 2> /dev/null || true
+killer_pid=""
+
 # 5. Stop this head only, and look for anything of it left running.
 stop_head
 trap - EXIT
 leftover=$(pgrep -f -- "$work/ray" | tr '\n' ' ' || true)
 
-python - "$work" "$run_dir" "$submission_id" "$status" "$unauthenticated" "$started" "$leftover" <<'EOF'
+python - "$work" "$run_dir" "$submission_id" "$status" "$unauthenticated" "$started" "$leftover" "$kill_node" <<'EOF'
 import json
 import re
 import sys
 import time
 from pathlib import Path
 
-work, run_dir, submission_id, status, unauthenticated, started, leftover = sys.argv[1:8]
+work, run_dir, submission_id, status, unauthenticated, started, leftover, kill_node = sys.argv[1:9]
 run = Path(run_dir)
 artifacts = {name: (run / name).is_file() for name in ("affinity.npy", "groups.json", "report/report.html")}
 # Per scrape, each metric summed over the processes that report it (one series per worker),
@@ -173,6 +242,10 @@ result = {"job": submission_id, "status": status, "artifacts": artifacts,
 if artifacts["groups.json"]:
     result["groups"] = json.loads((run / "groups.json").read_text()).get("groups")
 ok = status == "SUCCEEDED" and all(artifacts.values()) and bool(metrics) and not leftover.split()
+if kill_node == "1":
+    kill_file = Path(work) / "kill.json"
+    result["second_node"] = json.loads(kill_file.read_text() or "null") if kill_file.exists() else None
+    ok = ok and bool(result["second_node"] and result["second_node"]["killed"])
 result["ok"] = ok
 print(json.dumps(result))
 sys.exit(0 if ok else 1)

@@ -163,7 +163,10 @@ class EstimateConfig(_Section):
     matmul_dtype: Optional[Literal["bfloat16"]] = Field(
         None, description="Do the large per-pair products in bfloat16 (≈1.7x faster on CPUs with bf16 units; "
         "changes predicted loss changes by ≈0.2%).")
-    seed: int = Field(0, description="Seed of the subset sampler.")
+    anchors: bool = Field(
+        True, description="Calibrate each task's predicted loss level with real fine-tunes on a partition of the "
+        "tasks (about n_tasks / subset_size fine-tunes); rankings and the affinity matrix do not change.")
+    seed: int = Field(0, description="Seed of the subset sampler and of the anchor partition.")
 
 
 class AffinityConfig(_Section):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -125,9 +124,9 @@ def load_graph(run: RunDir):
 
 def _train(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
     if config.data.format == "text":
-        from raytag.lm.stages import train_lm
+        from raytag.distributed.lm_train import train_lm_on_ray
 
-        train_lm(run, config)
+        train_lm_on_ray(run, config)
         return
     from raytag.data.tasks import TaskSet
     from raytag.distributed.train import train_meta_model
@@ -149,12 +148,7 @@ def _train(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
 
 
 def _project(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
-    if config.data.format == "text":
-        from raytag.lm.stages import project_lm
-
-        project_lm(run, config, stage_hash(config, "project"), force=force)
-        return
-    from raytag.distributed.project import project_gradients
+    from raytag.distributed.project import project_gradients  # graph and text runs alike
 
     project_gradients(run, config, stage_hash(config, "project"), force=force)
 
@@ -186,8 +180,21 @@ def make_estimator(config: RaytagConfig, steps_multiplier: float = 1.0):
     return SeedLogistic(C=estimate.seed_c)
 
 
+def anchor_record(run: RunDir, config: RaytagConfig, estimator, steps: int | None = None) -> dict | None:
+    """The anchor calibration of a fitted ``estimator`` (offsets, anchors, FLOPs), or ``None``
+    when anchors are off; ``steps`` other than the configured ones fine-tunes the anchors for
+    that many steps."""
+    from raytag.data.tasks import TaskSet
+    from raytag.distributed.anchors import anchor_calibration
+
+    if not config.estimate.anchors:
+        return None
+    return anchor_calibration(run, config, estimator, TaskSet.load(run.taskset).names,
+                              steps=config.finetune.steps if steps is None else steps)
+
+
 def _estimate(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
-    from raytag.distributed.estimate import run_estimation
+    from raytag.distributed.estimate import MANIFEST, batch_path, run_estimation
     from raytag.estimate.subsets import sample_subsets
 
     data = load_gradient_data(run)
@@ -195,8 +202,12 @@ def _estimate(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
     estimate = config.estimate
     subsets = sample_subsets(data.n_tasks, m=estimate.num_subsets, size=min(estimate.subset_size, data.n_tasks),
                              seed=estimate.seed)
-    losses = run_estimation(estimator, subsets, run.estimate_dir / "batches", num_actors=estimate.num_actors,
-                            batch_size=estimate.batch_size)
+    batches = run.estimate_dir / "batches"
+    losses = run_estimation(estimator, subsets, batches, num_actors=estimate.num_actors, batch_size=estimate.batch_size,
+                            members_only=True, on_batch=lambda b: run.push(batches / MANIFEST, batch_path(batches, b)))
+    anchors = anchor_record(run, config, estimator)
+    if anchors is not None:
+        losses = losses + np.asarray(anchors["offsets"])[None, :]
     atomic_save_npy(run.estimate_dir / "subsets.npy", subsets)
     atomic_save_npy(run.estimate_dir / "losses.npy", losses)
     atomic_save_npy(run.estimate_dir / "base_losses.npy", estimator.base_val_loss_)
@@ -341,6 +352,8 @@ def stage_hash(config: RaytagConfig, name: str) -> str:
     stage = next(s for s in STAGES if s.name == name)
     upstream = stage_hash(config, stage.upstream) if stage.upstream else None
     sections = config.section_dict(*stage.sections)
+    if config.data.format != "text":
+        sections.pop("lm", None)  # language-model settings cannot change a graph run
     for section, fields in OPERATIONAL_FIELDS.items():
         for field in fields.intersection(sections.get(section, {})):
             del sections[section][field]
@@ -349,16 +362,19 @@ def stage_hash(config: RaytagConfig, name: str) -> str:
 
 def save_config(run: RunDir, config: RaytagConfig) -> None:
     atomic_write_bytes(run.config_yaml, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+    run.push(run.config_yaml)
 
 
 def run_stage(run: RunDir, config: RaytagConfig, name: str, *, force: bool = False) -> bool:
     """Run one stage unless it is done with the same config; returns True when it ran."""
     stage = next(s for s in STAGES if s.name == name)
     digest = stage_hash(config, name)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.pull(run.root, mirror=True)  # a remote run directory: this node's copy becomes exactly the remote one
     if not (force or stage.always) and run.is_done(name, digest):
         log.info("%s: done already (config unchanged) — skipped", name)
         return False
-    run.marker(name).unlink(missing_ok=True)  # outputs are about to change: not done until this run ends
+    run.remove(run.marker(name))  # outputs are about to change: not done until this run ends
     _drop_stale_scratch(run, stage, digest, force)
     started = time.perf_counter()
     log.info("%s: running", name)
@@ -369,6 +385,7 @@ def run_stage(run: RunDir, config: RaytagConfig, name: str, *, force: bool = Fal
     stage.run(run, config, force=force)
     if stage.needs_ray:
         stage_progress(name, 1.0)
+    run.push(run.root, mirror=True)  # a remote run directory: what the stage wrote and deleted, before its marker
     seconds = time.perf_counter() - started
     run.mark_done(name, digest, seconds)
     log.info("%s: finished in %.1f s", name, seconds)
@@ -380,11 +397,7 @@ def _drop_stale_scratch(run: RunDir, stage: Stage, digest: str, force: bool) -> 
     started = run.root / "stages" / f"{stage.name}.started.json"
     previous = json.loads(started.read_text()).get("config_hash") if started.is_file() else None
     if force or (previous is not None and previous != digest):
-        for relative in stage.scratch:
-            path = run.root / relative
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        run.remove(*(run.root / relative for relative in stage.scratch))
     atomic_write_json(started, {"config_hash": digest})
+    run.push(started)
 

@@ -35,12 +35,14 @@ SUBSETS_FITTED_METRIC = "raytag_subsets_fitted"
 class EstimatorWorker:
     """Holds an estimator fitted on the shared gradient data and predicts batches of subsets."""
 
-    def __init__(self, estimator: SubsetEstimator, data: GradientData, num_threads: int = 1):
+    def __init__(self, estimator: SubsetEstimator, data: GradientData, num_threads: int = 1,
+                 members_only: bool = False):
         torch.set_num_threads(max(1, int(num_threads)))
         self.estimator = estimator.unfitted_copy().fit(data)
+        self.members_only = members_only
 
     def predict_batch(self, batch_id: int, subsets: np.ndarray) -> tuple[int, np.ndarray]:
-        return batch_id, self.estimator.predict(subsets)
+        return batch_id, self.estimator.predict(subsets, members_only=self.members_only)
 
 
 RemoteEstimatorWorker = ray.remote(max_restarts=3, max_task_retries=3)(EstimatorWorker)
@@ -53,7 +55,7 @@ def batch_path(out_dir: Path, batch_id: int) -> Path:
 class EstimationPool:
     """A pool of estimator actors sharing one copy of a fitted estimator's gradient data."""
 
-    def __init__(self, estimator: SubsetEstimator, *, num_actors: int = 2,
+    def __init__(self, estimator: SubsetEstimator, *, num_actors: int = 2, members_only: bool = False,
                  num_cpus_per_actor: int = 1, max_restarts: int = 3, max_task_retries: int = 3):
         if not hasattr(estimator, "data_"):
             raise ValueError(f"estimator {estimator!r} is not fitted: call fit(data) before "
@@ -67,11 +69,12 @@ class EstimationPool:
                          "max_task_retries": max_task_retries}
         self._data_ref = ray.put(estimator.data_)
         self._num_threads = num_cpus_per_actor
+        self.members_only = members_only
         self.actors = [self._new_actor() for _ in range(num_actors)]
 
     def _new_actor(self):
         return RemoteEstimatorWorker.options(**self._options).remote(
-            self.estimator.unfitted_copy(), self._data_ref, self._num_threads)
+            self.estimator.unfitted_copy(), self._data_ref, self._num_threads, self.members_only)
 
     def manifest(self, subsets: np.ndarray, batch_size: int) -> dict:
         """What the batch files depend on; a mismatch on rerun discards them."""
@@ -79,6 +82,7 @@ class EstimationPool:
                 "params": self.estimator.get_params(),
                 "subsets_sha256": hashlib.sha256(np.ascontiguousarray(subsets).tobytes()).hexdigest(),
                 "subsets_shape": list(subsets.shape), "batch_size": int(batch_size),
+                "members_only": self.members_only,
                 "data": self.estimator.data_.fingerprint()}
 
     def run(self, subsets, out_dir, *, batch_size: int | None = None, progress: bool = True,
@@ -158,12 +162,14 @@ class EstimationPool:
 
 
 def run_estimation(estimator: SubsetEstimator, subsets, out_dir, *, num_actors: int = 2,
-                   batch_size: int | None = None, progress: bool = True,
-                   num_cpus_per_actor: int = 1) -> np.ndarray:
+                   batch_size: int | None = None, progress: bool = True, members_only: bool = False,
+                   num_cpus_per_actor: int = 1, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Predicted validation losses ``[m, n]`` of a fitted estimator on a pool of Ray actors,
-    with per-batch results kept in ``out_dir`` for resumption."""
-    pool = EstimationPool(estimator, num_actors=num_actors, num_cpus_per_actor=num_cpus_per_actor)
+    with per-batch results kept in ``out_dir`` for resumption. ``members_only``: only each
+    subset's own tasks are evaluated (NaN elsewhere), all the affinity matrix reads."""
+    pool = EstimationPool(estimator, num_actors=num_actors, members_only=members_only,
+                          num_cpus_per_actor=num_cpus_per_actor)
     try:
-        return pool.run(subsets, out_dir, batch_size=batch_size, progress=progress)
+        return pool.run(subsets, out_dir, batch_size=batch_size, progress=progress, on_batch=on_batch)
     finally:
         pool.shutdown()

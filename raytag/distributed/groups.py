@@ -28,6 +28,8 @@ from raytag.distributed.session import ensure_ray, use_gpu
 from raytag.distributed.tune import run_trials
 from raytag.evaluation import per_task_metrics
 from raytag.io import atomic_write_json, config_hash, file_hash
+from raytag.lm.finetune import TextFinetune, is_text_run
+from raytag.lm.stages import lm_adapter_file
 from raytag.models import SignMLP, load_model
 from raytag.models.finetune import PairMatrix
 from raytag.models.training import predict, train_epoch
@@ -48,6 +50,7 @@ def load_finetune_inputs(run_root: str) -> tuple[SignMLP, np.ndarray, TaskSet, P
     """θ*, node features (memory-mapped), TaskSet and Pairs; cached per process so a Tune
     worker running several trials reads them once."""
     run = RunDir(run_root)
+    run.pull(*run.worker_inputs())
     return (load_model(run.checkpoint), np.load(run.features, mmap_mode="r"), TaskSet.load(run.taskset),
             Pairs.load(run.pairs))
 
@@ -110,14 +113,16 @@ def finetune_trial(params: dict) -> dict:
     """One Tune trial: fine-tune each group in ``params["groups"]`` (same seed and settings);
     ``"groups"`` of the result holds each group's per-task scores, in order."""
     torch.set_num_threads(int(params["threads"]))
-    theta, features, taskset, pairs = load_finetune_inputs(params["run_dir"])
     device = "cuda" if params["gpu"] and torch.cuda.is_available() else "cpu"
+    if is_text_run(params["run_dir"]):  # LoRA θ* on tokenized examples; scores are losses and accuracies
+        finetune = TextFinetune.cached(params["run_dir"], device).finetune_group
+    else:
+        finetune = functools.partial(finetune_group, *load_finetune_inputs(params["run_dir"]))
     started, cpu_started = time.perf_counter(), time.process_time()
     scores = []
     for group in params["groups"]:
-        result = finetune_group(theta, features, taskset, pairs, group, epochs=params["epochs"], lr=params["lr"],
-                                seed=params["seed"], batch_size=params["batch_size"],
-                                eval_tasks=params.get("eval_tasks"), device=device)
+        result = finetune(group, epochs=params["epochs"], lr=params["lr"], seed=params["seed"],
+                          batch_size=params["batch_size"], eval_tasks=params.get("eval_tasks"), device=device)
         scores.append({str(task): value for task, value in result.items()})
         tasks_trained(len(group))
     return {"groups": scores, "seconds": time.perf_counter() - started,
@@ -128,23 +133,28 @@ def finetune_jobs(run: RunDir, config: RaytagConfig, label: str, seed: int, grou
                   eval_tasks: list[int] | None = None, gpu: bool = False) -> dict:
     """A trial's params; its id carries a hash of everything that changes the result, so a
     cached result is reused only for the same θ*, groups and settings."""
-    settings = {"epochs": config.groups.epochs, "lr": config.groups.lr, "batch_size": FINETUNE_BATCH_SIZE,
-                "seed": int(seed)}
+    text = config.data.format == "text"
+    settings = {"epochs": config.groups.epochs, "lr": config.groups.lr,
+                "batch_size": config.lm.batch_size if text else FINETUNE_BATCH_SIZE, "seed": int(seed)}
     groups = [sorted(int(t) for t in group) for group in groups]
-    digest = config_hash({"theta": file_hash(run.checkpoint), "groups": groups, "eval_tasks": eval_tasks, **settings})
-    return {"id": f"{label}-seed{seed}-{digest}", "run_dir": str(run.root), "groups": groups,
+    theta = lm_adapter_file(run) if text else run.checkpoint
+    digest = config_hash({"theta": file_hash(theta), "groups": groups, "eval_tasks": eval_tasks, **settings})
+    return {"id": f"{label}-seed{seed}-{digest}", "run_dir": run.location, "groups": groups,
             "eval_tasks": eval_tasks, "threads": 1, "gpu": gpu, **settings}
 
 
 def run_finetunes(run: RunDir, config: RaytagConfig, jobs: list[dict], name: str) -> list[dict]:
     """Run fine-tune trials on Ray Tune (one CPU each, a GPU share when the cluster has GPUs)."""
     gpu = any(job["gpu"] for job in jobs)
-    return run_trials(finetune_trial, jobs, results_dir=run.root / f"{name}_trials", storage_path=run.ray_results,
+    return run_trials(finetune_trial, jobs, results_dir=run.root / f"{name}_trials", run=run,
                       name=name, cpus_per_trial=1.0, gpus_per_trial=GPU_SHARE if gpu else 0.0)
 
 
 def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
     """Fine-tune every strategy's groups from θ* and write ``groups_eval.json`` (see module doc)."""
+    if config.data.format == "text":
+        raise ValueError("`raytag groups` scores graph tasks (AP, F1, PageRank) and does not run on text runs "
+                         "(data.format=text) yet; use `raytag select --verify` to check fine-tunes of a text run")
     started = time.perf_counter()
     ensure_ray(config.ray)
     gpu = use_gpu(config.training.use_gpu)

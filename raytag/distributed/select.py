@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import expit
 import torch
 
 from raytag import pipeline
@@ -23,6 +24,7 @@ from raytag.data.tasks import TRAIN, TaskSet
 from raytag.distributed.groups import finetune_jobs, run_finetunes
 from raytag.distributed.session import ensure_ray, use_gpu
 from raytag.io import atomic_write_json
+from raytag.lm.finetune import TextFinetune
 from raytag.models import load_model
 from raytag.select.sources import (greedy_forward_selection, random_sources, rank_by_gradient_cosine,
                                    rank_by_marginal_effect, rank_by_representation_cosine,
@@ -62,7 +64,9 @@ def select_sources(run: RunDir, config: RaytagConfig, target: str, budget: int |
 
     gradient = rank_by_gradient_cosine(t, _mean_loss_gradients(data))
     pairs = Pairs.load(run.pairs)
-    representation = rank_by_representation_cosine(t, _mean_positive_embeddings(run, pairs, n))
+    embeddings = (TextFinetune.cached(str(run.root)).task_embeddings() if config.data.format == "text"
+                  else _mean_positive_embeddings(run, pairs, n))
+    representation = rank_by_representation_cosine(t, embeddings)
     result = {
         "target": target,
         "budget": budget,
@@ -114,11 +118,12 @@ def _verify(run: RunDir, config: RaytagConfig, t: int, alternatives: dict[str, l
     for strategy, draws in alternatives.items():
         positions = [i for i, (name, _) in enumerate(labelled) if name == strategy]
         runs = [trial["groups"][i][str(t)] for trial in trials for i in positions]
-        ap = np.array([r["test_ap"] for r in runs], dtype=np.float64)
-        f1 = np.array([r["test_f1"] for r in runs], dtype=np.float64)
-        verify[strategy] = {"test_ap": float(np.mean(ap)), "test_f1": float(np.mean(f1)),
-                            "std_test_ap": float(np.std(ap, ddof=1)) if ap.size > 1 else None,
-                            "runs": int(ap.size),
+        # graph: test_ap, test_f1; text: test_loss, test_accuracy
+        scores = {key: np.array([r[key] for r in runs], dtype=np.float64) for key in runs[0] if key.startswith("test_")}
+        verify[strategy] = {**{key: float(np.mean(v)) for key, v in scores.items()},
+                            **{f"std_{key}": float(np.std(v, ddof=1)) if v.size > 1 else None
+                               for key, v in scores.items()},
+                            "runs": len(runs),
                             "sources": [[names[j] for j in sources] for sources in draws]}
     return verify
 
@@ -134,7 +139,7 @@ def _mean_loss_gradients(data) -> np.ndarray:
     training pairs — the direction its first fine-tune step takes."""
     train = np.flatnonzero(data.split == TRAIN)
     weight = np.asarray(data.weight[train], dtype=np.float64)
-    residual = 1.0 / (1.0 + np.exp(-np.asarray(data.base_logits[train], dtype=np.float64))) - data.label[train]
+    residual = expit(np.asarray(data.base_logits[train], dtype=np.float64)) - data.label[train]  # no overflow at large |logit|
     task = np.asarray(data.task[train], dtype=np.int64)
     total = np.bincount(task, weights=weight, minlength=data.n_tasks)
     coefficient = weight * residual / np.maximum(total[task], 1e-12)

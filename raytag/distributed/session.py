@@ -38,5 +38,8 @@ def use_gpu(setting: str) -> bool:
 
 
 def cpus_per_worker(num_workers: int) -> int:
-    """Split the cluster's CPUs evenly among workers (at least one each)."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, num_workers))
+    """Split the cluster's CPUs evenly among workers (at least one each), but never more than the
+    largest node has: a worker runs on one node, and a bigger request could never be scheduled."""
+    even_share = int(ray.cluster_resources().get("CPU", 1)) // max(1, num_workers)
+    largest_node = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]), default=1)
+    return max(1, min(even_share, largest_node))

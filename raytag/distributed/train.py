@@ -33,6 +33,7 @@ STATE_FILE = "train_state.pt"
 
 def _load_inputs(run_dir: str):
     run = RunDir(run_dir)
+    run.pull(*run.worker_inputs())
     x = np.load(run.features, mmap_mode="r")
     taskset = TaskSet.load(run.taskset)
     return run, np.asarray(x, dtype=np.float32), taskset
@@ -49,7 +50,7 @@ def _train_loop(loop_config: dict) -> None:
     torch.manual_seed(training["seed"])
     model = SignMLP(x_all.shape[1], loop_config["hidden_dims"], taskset.num_tasks, loop_config["dropout"])
     optimizer = torch.optim.Adam(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
-    state = _resume_state(run)
+    state = resume_state(run)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -93,21 +94,27 @@ def _train_loop(loop_config: dict) -> None:
         if rank == 0:
             print(f"raytag train: epoch {epoch + 1}/{training['epochs']} loss {loss:.4f} "
                   f"val AP {record['val_ap']:.4f} test AP {record['test_ap']:.4f}", flush=True)
-            payload = {"model": plain_model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "history": history, "best": best}
-            buffer = io.BytesIO()
-            torch.save(payload, buffer)
-            atomic_write_bytes(run.root / "model" / STATE_FILE, buffer.getvalue())
-            with tempfile.TemporaryDirectory() as tmp:
-                Path(tmp, STATE_FILE).write_bytes(buffer.getvalue())
-                ray.train.report(summary, checkpoint=Checkpoint.from_directory(tmp))
+            save_state_and_report(run, {"model": plain_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "history": history, "best": best}, summary)
         else:
             ray.train.report(summary)
         if epoch + 1 == loop_config.get("fail_after_epoch"):
             raise RuntimeError(f"injected failure after epoch {epoch + 1} (RAYTAG_FAIL_AFTER_EPOCH)")
 
 
-def _resume_state(run: RunDir) -> dict | None:
+def save_state_and_report(run: RunDir, payload: dict, summary: dict) -> None:
+    """Rank 0's end of an epoch: the training state to the run directory and, as a Ray Train
+    checkpoint, with the epoch's metrics (what ``resume_state`` reads back)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(run.root / "model" / STATE_FILE, buffer.getvalue())
+    run.push(run.root / "model" / STATE_FILE)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, STATE_FILE).write_bytes(buffer.getvalue())
+        ray.train.report(summary, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def resume_state(run: RunDir) -> dict | None:
     """The newest saved training state: Ray Train's checkpoint, else the run directory's copy."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -127,7 +134,7 @@ def train_meta_model(run: RunDir, config: RaytagConfig) -> dict:
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={
-            "run_dir": str(run.root),
+            "run_dir": run.location,
             "training": training.model_dump(),
             "hidden_dims": list(config.model.hidden_dims),
             "dropout": config.model.dropout,
@@ -142,6 +149,7 @@ def train_meta_model(run: RunDir, config: RaytagConfig) -> dict:
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     trainer.fit()
+    run.pull(run.root / "model" / STATE_FILE)  # rank 0 may have run on another node
     state = torch.load(run.root / "model" / STATE_FILE, map_location="cpu", weights_only=True)
     taskset = TaskSet.load(run.taskset)
     model = SignMLP(int(np.load(run.features, mmap_mode="r").shape[1]), list(config.model.hidden_dims),

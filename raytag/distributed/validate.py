@@ -41,6 +41,7 @@ def finetune_and_evaluate(params: dict) -> dict:
     import torch
 
     from raytag.data.pairs import Pairs
+    from raytag.lm.finetune import TextFinetune, is_text_run
     from raytag.models import load_model
     from raytag.models.finetune import finetune_flops, finetune_subset, per_task_losses, validation_matrix
 
@@ -48,28 +49,45 @@ def finetune_and_evaluate(params: dict) -> dict:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(params["seed"])
     run = RunDir(params["run_dir"])
-    model = load_model(run.checkpoint)
-    features = np.load(run.features, mmap_mode="r")
-    pairs = Pairs.load(run.pairs)
+    run.pull(*run.worker_inputs())
     subset = np.asarray(params["subset"], dtype=np.int64)
-    started = time.perf_counter()
-    finetune_subset(model, features, pairs, subset, lr=params["lr"], steps=params["steps"],
-                    optimizer=params["optimizer"], seed=params["seed"])
-    seconds = time.perf_counter() - started
-    losses = per_task_losses(model, features, validation_matrix(pairs, model.num_tasks))
+    gd = params["optimizer"] == "gd"
+    if is_text_run(run.root):
+        text = TextFinetune.cached(str(run.root))
+        losses, seconds = text.finetune(subset, lr=params["lr"], steps=params["steps"],
+                                        optimizer=params["optimizer"], seed=params["seed"])
+        flops = text.finetune_flops(subset, params["steps"]) if gd else None
+    else:
+        model = load_model(run.checkpoint)
+        features = np.load(run.features, mmap_mode="r")
+        pairs = Pairs.load(run.pairs)
+        started = time.perf_counter()
+        finetune_subset(model, features, pairs, subset, lr=params["lr"], steps=params["steps"],
+                        optimizer=params["optimizer"], seed=params["seed"])
+        seconds = time.perf_counter() - started
+        losses = per_task_losses(model, features, validation_matrix(pairs, model.num_tasks))
+        flops = finetune_flops(model, pairs, subset, params["steps"]) if gd else None
     return {"id": params["id"], "optimizer": params["optimizer"], "subset": subset.tolist(),
-            "seed": params["seed"], "seconds": seconds,
-            "flops": finetune_flops(model, pairs, subset, params["steps"]) if params["optimizer"] == "gd" else None,
+            "seed": params["seed"], "seconds": seconds, "flops": flops,
             "losses": [float(x) if np.isfinite(x) else None for x in losses]}
 
 
-def _trial(params: dict) -> dict:
+def finetune_trial(params: dict) -> dict:
     """The Tune job: one fine-tune, its tasks counted on the Ray metrics endpoint."""
     from raytag.distributed.metrics import tasks_trained
 
     result = finetune_and_evaluate(params)
     tasks_trained(len(params["subset"]))
     return result
+
+
+def finetune_cache_key(run: RunDir, config: RaytagConfig, **settings) -> str:
+    """Hash of θ*, the pairs and the fine-tune ``settings``: cached trial results stay valid
+    exactly as long as it does."""
+    from raytag.lm.finetune import TextFinetune
+
+    checkpoint = TextFinetune.cached(str(run.root)).checkpoint if config.data.format == "text" else run.checkpoint
+    return config_hash({"checkpoint": file_hash(checkpoint), "pairs": file_hash(run.pairs), **settings})
 
 
 # --------------------------------------------------------------------------- design
@@ -113,9 +131,9 @@ def _overlapping_subsets(subsets: np.ndarray, n_tasks: int, k: int) -> np.ndarra
     return np.asarray(chosen[:k], dtype=np.int64)
 
 
-def _job(run: RunDir, kind: str, subset: np.ndarray, *, optimizer: str, lr: float, steps: int, seed: int) -> dict:
+def finetune_job(run: RunDir, kind: str, subset: np.ndarray, *, optimizer: str, lr: float, steps: int, seed: int) -> dict:
     """Trial params; the id names the subset itself, so cached results follow the subset."""
-    return {"id": f"{kind}-s{seed}-" + "_".join(map(str, subset.tolist())), "run_dir": str(run.root),
+    return {"id": f"{kind}-s{seed}-" + "_".join(map(str, subset.tolist())), "run_dir": run.location,
             "subset": subset.tolist(), "optimizer": optimizer, "lr": lr, "steps": steps, "seed": seed}
 
 
@@ -153,18 +171,19 @@ def _projector_fit_flops(spec: dict, params: int) -> float:
     return 0.0
 
 
-def _estimator_flops(estimator, train_pairs: np.ndarray, val_pairs: int, total_train_pairs: int,
+def _estimator_flops(estimator, train_pairs: np.ndarray, val_pairs: np.ndarray, total_train_pairs: int,
                      subset_sizes: np.ndarray) -> float:
-    """All subset fits plus the evaluation of every task's validation pairs per subset.
+    """All subset fits plus the evaluation of each subset's own tasks on their validation pairs
+    (the estimate stage evaluates members only: all the affinity matrix reads).
 
-    ``train_pairs`` [m]: training pairs of each subset's tasks. Linearized: two GEMMs of
+    ``train_pairs`` / ``val_pairs`` [m]: pairs of each subset's tasks. Linearized: two GEMMs of
     ``pairs × d`` per step; one-step Newton: per-task Hessians once, then a d×d combine and
     solve per subset; Newton/seed: ``max_iter`` full IRLS iterations (an upper bound).
     """
     from raytag.estimate.estimators import LinearizedFineTune, OneStepNewton
 
     d = estimator.d_
-    evaluation = 2.0 * d * val_pairs * train_pairs.size
+    evaluation = 2.0 * d * val_pairs.sum()
     if isinstance(estimator, LinearizedFineTune):
         return float(estimator.steps * 2 * 2.0 * d * train_pairs.sum()) + evaluation
     if isinstance(estimator, OneStepNewton):
@@ -174,14 +193,25 @@ def _estimator_flops(estimator, train_pairs: np.ndarray, val_pairs: int, total_t
     return float(estimator.max_iter * per_iteration) + evaluation
 
 
-def _route_flops(run: RunDir, config: RaytagConfig, estimator, model, taskset, data, spec: dict) -> dict:
-    """Analytic FLOPs of the whole estimation route for the run's m subsets."""
-    from raytag.estimate.stats import TRAIN, VAL
-    from raytag.estimate.subsets import membership_matrix, sample_subsets
-    from raytag.grads import projector_from_spec
+def _graph_model_flops(config: RaytagConfig, model, taskset, projector, spec: dict, num_pairs: int) -> dict:
+    """θ*'s training, the projected gradients and the projector fit of a graph run (a text run's
+    ``TextFinetune.route_flops`` counts its own)."""
+    from raytag.estimate.stats import TRAIN
 
     params = sum(p.numel() for p in model.parameters())
     training_rows = int((taskset.split == TRAIN).any(axis=1).sum())
+    return {"theta_star": 6.0 * params * training_rows * config.training.epochs,
+            "gradients": _projection_flops_per_pair(projector, params) * num_pairs,
+            "projector_fit": _projector_fit_flops(spec, params)}
+
+
+def _route_flops(run: RunDir, config: RaytagConfig, estimator, model_flops: dict, data,
+                 anchors_flops: float) -> dict:
+    """Analytic FLOPs of the whole estimation route for the run's m subsets (the anchor
+    fine-tunes included); ``model_flops``: θ*, gradients and projector fit."""
+    from raytag.estimate.stats import TRAIN, VAL
+    from raytag.estimate.subsets import membership_matrix, sample_subsets
+
     subsets_file = run.estimate_dir / "subsets.npy"
     if subsets_file.is_file():
         subsets = np.load(subsets_file)
@@ -189,14 +219,13 @@ def _route_flops(run: RunDir, config: RaytagConfig, estimator, model, taskset, d
         subsets = sample_subsets(data.n_tasks, m=config.estimate.num_subsets,
                                  size=min(config.estimate.subset_size, data.n_tasks), seed=config.estimate.seed)
     member = membership_matrix(subsets, data.n_tasks)
-    train_per_task = np.bincount(data.task[data.split == TRAIN], minlength=data.n_tasks).astype(np.float64)
-    projector = projector_from_spec(spec, run.grad_store / "projector")
+    train_per_task, val_per_task = (
+        np.bincount(data.task[data.split == split], minlength=data.n_tasks).astype(np.float64) for split in (TRAIN, VAL))
     flops = {
-        "theta_star": 6.0 * params * training_rows * config.training.epochs,
-        "gradients": _projection_flops_per_pair(projector, params) * data.grads.shape[0],
-        "projector_fit": _projector_fit_flops(spec, params),
-        "subset_fits": _estimator_flops(estimator, member @ train_per_task, int((data.split == VAL).sum()),
+        **model_flops,
+        "subset_fits": _estimator_flops(estimator, member @ train_per_task, member @ val_per_task,
                                         int(train_per_task.sum()), member.sum(1)),
+        "anchors": anchors_flops,
     }
     flops["total"] = sum(flops.values())
     flops["m"] = int(subsets.shape[0])
@@ -233,9 +262,11 @@ def run_validation(run: RunDir, config: RaytagConfig, *, steps_multiplier: float
     from raytag.distributed.tune import run_trials
     from raytag.estimate.metrics import validation_metrics
     from raytag.estimate.subsets import membership_matrix
+    from raytag.grads import projector_from_spec
+    from raytag.lm.finetune import TextFinetune
     from raytag.models import load_model
     from raytag.models.finetune import per_task_losses, validation_matrix
-    from raytag.pipeline import load_gradient_data, make_estimator
+    from raytag.pipeline import anchor_record, load_gradient_data, make_estimator
 
     multiplier = float(config.validate_.steps_multiplier if steps_multiplier is None else steps_multiplier)
     if not multiplier > 0:
@@ -249,19 +280,17 @@ def run_validation(run: RunDir, config: RaytagConfig, *, steps_multiplier: float
     stochastic = _overlapping_subsets(design.subsets, taskset.num_tasks,
                                       min(config.validate_.stochastic_subsets, design.subsets.shape[0]))
     adam_lr = config.groups.lr
-    gd_jobs = [_job(run, "gd", s, optimizer="gd", lr=lr, steps=steps, seed=0) for s in design.subsets]
-    rerun_job = _job(run, "gd-rerun", design.subsets[0], optimizer="gd", lr=lr, steps=steps, seed=0)
-    adam_jobs = [_job(run, "adam", design.subsets[k], optimizer="adam", lr=adam_lr, steps=steps, seed=seed)
-                 for seed in STOCHASTIC_SEEDS for k in stochastic]
+    gd_jobs = [finetune_job(run, "gd", s, optimizer="gd", lr=lr, steps=steps, seed=0) for s in design.subsets]
+    rerun_job = finetune_job(run, "gd-rerun", design.subsets[0], optimizer="gd", lr=lr, steps=steps, seed=0)
+    adam_jobs = [finetune_job(run, "adam", design.subsets[k], optimizer="adam", lr=adam_lr, steps=steps,
+                              seed=seed) for seed in STOCHASTIC_SEEDS for k in stochastic]
     jobs = list({job["id"]: job for job in (*gd_jobs, rerun_job, *adam_jobs)}.values())  # repeated subsets run once
 
-    digest = config_hash({"checkpoint": file_hash(run.checkpoint), "pairs": file_hash(run.pairs),
-                          "lr": lr, "steps": steps, "adam_lr": adam_lr})
-    results_dir = run.root / "validate" / f"trials-{digest}"
+    results_dir = run.root / "validate" / f"trials-{finetune_cache_key(run, config, lr=lr, steps=steps, adam_lr=adam_lr)}"
     cached = sum((results_dir / f"{job['id']}.json").is_file() for job in jobs)
     log.info("validate: %d fine-tunes (%d cached), %d steps of lr %g", len(jobs), cached, steps, lr)
     started = time.perf_counter()
-    results = run_trials(_trial, jobs, results_dir=results_dir, storage_path=run.ray_results, name="validate",
+    results = run_trials(finetune_trial, jobs, results_dir=results_dir, run=run, name="validate",
                          cpus_per_trial=cpus_per_trial)
     trials_seconds = time.perf_counter() - started
     by_id = {r["id"]: r for r in results}
@@ -269,16 +298,22 @@ def run_validation(run: RunDir, config: RaytagConfig, *, steps_multiplier: float
     true = _losses(gd)
     rerun = _losses([by_id[rerun_job["id"]]])[0]
 
-    model = load_model(run.checkpoint)
-    features = np.load(run.features, mmap_mode="r")
-    pairs = Pairs.load(run.pairs)
-    base = per_task_losses(model, features, validation_matrix(pairs, taskset.num_tasks))
+    if text is None:
+        model = load_model(run.checkpoint)
+        features = np.load(run.features, mmap_mode="r")
+        pairs = Pairs.load(run.pairs)
+        base = per_task_losses(model, features, validation_matrix(pairs, taskset.num_tasks))
+    else:
+        base = text.base_val_losses()
 
     data = load_gradient_data(run)
     estimator = make_estimator(config, multiplier)
     fit_started = time.perf_counter()
     estimated = estimator.fit(data).predict(design.subsets)
     estimate_seconds = time.perf_counter() - fit_started
+    anchors = anchor_record(run, config, estimator, steps=steps)
+    if anchors is not None:
+        estimated += np.asarray(anchors["offsets"])[None, :]
 
     metrics = validation_metrics(design.subsets, true, estimated, base, design.validated_tasks)
     if stochastic.size:
@@ -291,7 +326,10 @@ def run_validation(run: RunDir, config: RaytagConfig, *, steps_multiplier: float
 
     manifest = read_json(run.grad_store / "manifest.json")
     spec = manifest["projector"]
-    flops = _route_flops(run, config, estimator, model, taskset, data, spec)
+    projector = projector_from_spec(spec, run.grad_store / "projector")
+    model_flops = (text.route_flops(config, projector, data.grads.shape[0]) if text else
+                   _graph_model_flops(config, model, taskset, projector, spec, data.grads.shape[0]))
+    flops = _route_flops(run, config, estimator, model_flops, data, anchors_flops=anchors["flops"] if anchors else 0.0)
     finetune_flops_mean = float(np.mean([r["flops"] for r in gd]))
     finetune_seconds = np.array([r["seconds"] for r in gd])
     timings = read_json(run.timings) if run.timings.is_file() else {}

@@ -31,7 +31,11 @@ FORMAT_VERSION = 1
 
 
 class StoreMismatchError(ValueError):
-    """An existing store was written under a different configuration."""
+    """An existing store was written under a different configuration; ``differences`` says how."""
+
+    def __init__(self, message: str, differences: str):
+        super().__init__(message)
+        self.differences = differences
 
 
 class GradientStore:
@@ -58,6 +62,10 @@ class GradientStore:
 
     def _marker(self, shard_id: int) -> Path:
         return self.shard_root / f"shard-{int(shard_id):06d}.done.json"
+
+    def shard_paths(self, shard_id: int) -> tuple[Path, Path]:
+        """A shard's folder of arrays and its completion marker (copy them in this order)."""
+        return self._shard_dir(shard_id), self._marker(shard_id)
 
     @property
     def dtype(self) -> np.dtype:
@@ -92,7 +100,8 @@ class GradientStore:
                 raise StoreMismatchError(
                     f"gradient store {root} was written with a different {', '.join(differing)} "
                     f"({details}). Its shards cannot be mixed with new ones: use a new run "
-                    "directory, or rerun with --force to delete this store and recompute it.")
+                    "directory, or rerun with --force to delete this store and recompute it.",
+                    differences=f"{root} was written with a different {', '.join(differing)} ({details})")
             shutil.rmtree(root / "shards", ignore_errors=True)
             for consolidated in root.glob("consolidated-*.npy"):
                 consolidated.unlink()

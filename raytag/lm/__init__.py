@@ -15,6 +15,9 @@ logistic model ``z ≈ z(θ*) + ĝ·w`` therefore all work on one objective: ``b
 
 Modules: ``tasks`` (JSONL loader, splits), ``tokenize`` (character / HF tokenizers, candidate
 rows), ``scoring`` (log-probs, margins, loss), ``grads`` (factored and exact per-example LoRA
-gradients), ``train`` (θ* training, deterministic subset fine-tune), ``stages`` (run-directory
-stages), ``config`` (the ``lm:`` config section). The models are in ``raytag.models.lm``.
+gradients), ``train`` (θ* training epochs, deterministic subset fine-tune, group fine-tunes), ``stages``
+(run-directory pieces of prepare/train/project), ``finetune`` (a run's θ* and examples for
+validate and select --verify), ``config`` (the ``lm:`` config section). The models are in
+``raytag.models.lm``; the Ray Train and Ray Data wrappers in ``raytag.distributed.lm_train`` and
+``raytag.distributed.lm_project``.
 """

@@ -45,6 +45,9 @@ class LMConfig(BaseModel):
     lr: float = Field(3e-3, gt=0, description="Adam learning rate of θ* training.")
     batch_size: int = Field(16, gt=0, description="Examples per training minibatch.")
     seed: int = Field(0, description="Seed of the tiny base, the LoRA init and the batch order.")
+    autocast: Literal["auto", "bfloat16", "float16", "off"] = Field(
+        "auto", description="Mixed precision of θ* training on GPUs: auto = bfloat16 where the GPU supports it, "
+        "else float16 (with loss scaling); off = float32. CPUs always train in float32.")
 
     @model_validator(mode="after")
     def _check(self) -> "LMConfig":

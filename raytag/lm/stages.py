@@ -1,4 +1,5 @@
-"""Stage functions of a text run: ``prepare_text``, ``train_lm``, ``project_lm``.
+"""The text run's stage pieces without Ray: ``prepare_text``, the example data, the model spec,
+the training summary, the projector fit and the projection of example chunks.
 
 They write the same run-directory artifacts the graph path writes — ``prepared/taskset.npz``
 (a ``TaskSet`` whose rows are examples), ``prepared/pairs.npz``, ``tasks.json``,
@@ -6,34 +7,34 @@ They write the same run-directory artifacts the graph path writes — ``prepared
 pair_index, node (= example index), task, split, label, weight`` — so the ``estimate``,
 ``affinity`` and ``cluster`` stages run on them unchanged. Text-specific files live under
 ``prepared/text/`` (examples, per-example arrays, tokenizer) and ``model/lm/`` (checkpoint).
+Ray Train and Ray Data run them in ``raytag.distributed.lm_train`` and ``raytag.distributed.project``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from raytag.data.pairs import Pairs
 from raytag.data.tasks import TaskSet
-from raytag.grads import (DenseProjector, GradientStore, KroneckerProjector, projector_from_spec,
-                          save_projector)
+from raytag.grads import DenseProjector, KroneckerProjector, ProjectedGradients
+from raytag.grads.factory import fit_sample
 from raytag.grads.informed import fit_svd_projector
-from raytag.io import atomic_save_npz, atomic_write_json, file_hash, read_json
+from raytag.io import atomic_save_npz, atomic_write_json, read_json
 from raytag.lm.config import LMConfig
 from raytag.lm.grads import LoRAGradientProjector, layer_energy, lora_layer_shapes
 from raytag.lm.tasks import TRAIN, VAL, load_text_tasks, split_examples
 from raytag.lm.tokenize import CharTokenizer, EncodedExamples, HFTokenizer, encode_examples
-from raytag.lm.train import ExampleTable, load_trainable, pretrain_base, train_lora
-from raytag.models.lm import build_lm, load_lm_checkpoint, save_lm_checkpoint
+from raytag.lm.train import ExampleTable
+from raytag.models.lm import load_lm_checkpoint
 from raytag.rundir import RunDir
 
 log = logging.getLogger("raytag")
 LM_PROJECTORS = ("kronecker", "svd", "gaussian", "rademacher")
-PROJECTOR_DIR = "projector"
 
 
 def text_dir(run: RunDir):
@@ -117,68 +118,59 @@ class TextData:
     encoded: EncodedExamples
 
 
-def load_text_data(run: RunDir, lm: LMConfig, hf_tokenizer=None) -> TextData:
-    """Examples and arrays written by ``prepare_text``, tokenized for the configured model."""
+def load_text_data(run: RunDir, max_length: int, hf_tokenizer=None) -> TextData:
+    """Examples and arrays written by ``prepare_text``, tokenized for the model (``hf_tokenizer``:
+    SmolLM2's; None: the run's character tokenizer) with rows of at most ``max_length`` tokens."""
     directory = text_dir(run)
     examples = read_json(directory / "examples.json")
     with np.load(directory / "arrays.npz") as arrays:
         arrays = dict(arrays)
     tokenizer = HFTokenizer(hf_tokenizer) if hf_tokenizer is not None else CharTokenizer.load(
         directory / "tokenizer.json")
-    encoded = encode_examples(tokenizer, examples["inputs"], examples["choices"], arrays["reference"],
-                              lm.max_length)
+    encoded = encode_examples(tokenizer, examples["inputs"], examples["choices"], arrays["reference"], max_length)
     table = ExampleTable(arrays["task"], arrays["split"], arrays["label"], arrays["weight"], len(examples["names"]))
     return TextData(examples["names"], table, encoded)
 
 
-def _device(config) -> torch.device:
-    wanted = getattr(getattr(config, "training", None), "use_gpu", "auto")
-    return torch.device("cuda" if wanted != "false" and torch.cuda.is_available() else "cpu")
+def load_theta_star(run: RunDir, device: torch.device | str = "cpu"):
+    """``(θ* LoRA model, its TextData)`` from the run's checkpoint."""
+    model, spec, hf_tokenizer = load_lm_checkpoint(lm_checkpoint_dir(run), device)
+    return model, load_text_data(run, spec["max_length"], hf_tokenizer)
+
+
+def lm_adapter_file(run: RunDir) -> Path:
+    """θ*'s LoRA weights: their hash keys the gradient store and cached fine-tunes."""
+    return lm_checkpoint_dir(run) / "adapter.safetensors"
 
 
 # --------------------------------------------------------------------------- train
 
 
-def train_lm(run: RunDir, config, lm: LMConfig | None = None) -> dict:
-    """Multitask LoRA training of θ* (plain torch); writes ``model/lm/`` and ``metrics/train.json``."""
-    lm = _lm(config, lm)
-    vocab = None
-    if lm.base == "tiny":
-        vocab = CharTokenizer.load(text_dir(run) / "tokenizer.json").vocab_size
-    spec = lm.model_spec(vocab)
-    model, hf_tokenizer = build_lm(spec)
-    data = load_text_data(run, lm, hf_tokenizer)
-    device = _device(config)
-    started = time.perf_counter()
+def lm_model_spec(run: RunDir, lm: LMConfig) -> dict:
+    """How to rebuild the run's model (the tiny base's vocabulary is the prepared tokenizer's)."""
+    vocab = CharTokenizer.load(text_dir(run) / "tokenizer.json").vocab_size if lm.base == "tiny" else None
+    return lm.model_spec(vocab)
+
+
+def train_summary(data: TextData, history: list[dict], best_epoch: int, seconds: float,
+                  pretrain_loss: list[float]) -> dict:
+    """``metrics/train.json`` of a text run: the epoch curve and θ*'s test loss and accuracy."""
+    best = history[best_epoch - 1]
     train = np.flatnonzero(data.table.split == TRAIN)
-    pretrain = []
-    if lm.base == "tiny" and lm.pretrain_steps:
-        pretrain = pretrain_base(model, data.encoded, train, steps=lm.pretrain_steps, lr=lm.pretrain_lr,
-                                 batch_size=lm.batch_size, seed=lm.seed, device=device)
-        log.info("pretrain: next-token loss %.3f -> %.3f in %d steps", pretrain[0], pretrain[-1], len(pretrain))
-    result = train_lora(model, data.encoded, data.table, epochs=lm.epochs, lr=lm.lr, batch_size=lm.batch_size,
-                        seed=lm.seed, device=device,
-                        on_epoch=lambda r: log.info("epoch %d: loss %.4f, val loss %.4f, val acc %.3f", r["epoch"],
-                                                    r["loss"], r["val_loss"], r["val_accuracy"]))
-    load_trainable(model, result["best_state"])
-    save_lm_checkpoint(lm_checkpoint_dir(run), model, spec)
-    history, best = result["history"], result["history"][result["best_epoch"] - 1]
-    summary = {"format": "text", "epochs": [{k: v for k, v in h.items() if not k.startswith("per_task")}
-                                            for h in history],
-               "best_epoch": result["best_epoch"], "seconds": round(time.perf_counter() - started, 3),
-               "pretrain_loss": [pretrain[0], pretrain[-1]] if pretrain else None,
-               "train_tokens": data.encoded.num_tokens(train) * len(history),
-               "test": {"mean_test_loss": best["test_loss"], "mean_test_accuracy": best["test_accuracy"],
-                        "per_task_test_accuracy": dict(zip(data.names, best["per_task_test_accuracy"]))}}
-    atomic_write_json(run.train_metrics, summary)
-    return summary
+    return {"format": "text", "epochs": [{k: v for k, v in h.items() if not k.startswith("per_task")}
+                                         for h in history],
+            "best_epoch": best_epoch, "seconds": round(seconds, 3),
+            "pretrain_loss": [pretrain_loss[0], pretrain_loss[-1]] if pretrain_loss else None,
+            "train_tokens": data.encoded.num_tokens(train) * len(history),
+            "test": {"mean_test_loss": best["test_loss"], "mean_test_accuracy": best["test_accuracy"],
+                     "per_task_test_accuracy": dict(zip(data.names, best["per_task_test_accuracy"]))}}
 
 
 # --------------------------------------------------------------------------- project
 
 
 def build_lm_projector(kind: str, model, data: TextData, fit_examples: np.ndarray, d: int, seed: int,
-                       device: torch.device):
+                       device: torch.device | str = "cpu"):
     """``kronecker``: random factored, dims split by each LoRA matrix's gradient energy on the fit
     sample; ``svd``: top-d singular directions of the fit sample's exact gradients; dense kinds: seeded."""
     if kind not in LM_PROJECTORS:
@@ -198,62 +190,16 @@ def build_lm_projector(kind: str, model, data: TextData, fit_examples: np.ndarra
     return fit_svd_projector(lambda: chunks, d, seed=seed)
 
 
-def project_lm(run: RunDir, config, config_hash: str, lm: LMConfig | None = None, *, force: bool = False,
-               shard_size: int | None = None) -> GradientStore:
-    """Projected margin gradients of every train/val example into the run's gradient store
-    (resumable shards of ``project.batch_size`` pairs; complete shards are skipped)."""
-    lm = _lm(config, lm)
+def fit_lm_projector(run: RunDir, config, pairs: Pairs):
+    """The configured projector for θ*'s LoRA gradients, fitted on a seeded sample of training pairs."""
     project = config.project
-    device = _device(config)
-    model, spec, hf_tokenizer = load_lm_checkpoint(lm_checkpoint_dir(run), device)
-    data = load_text_data(run, lm, hf_tokenizer)
-    pairs = Pairs.load(run.pairs)
-    projector_spec = _projector_spec(run, project, model, data, pairs, force, device)
-    projector = projector_from_spec(projector_spec, run.grad_store / PROJECTOR_DIR)
-    store = GradientStore.open_or_create(run.grad_store, {
-        "config_hash": config_hash, "checkpoint_hash": file_hash(lm_checkpoint_dir(run) / "adapter.safetensors"),
-        "projector": projector_spec, "dtype": project.dtype, "d": project.d}, force=force)
-    fast = LoRAGradientProjector(model, projector)
-    size = shard_size or project.batch_size
-    done = set(store.complete_shards())
-    started, tokens = time.perf_counter(), 0
-    for shard, start in enumerate(range(0, len(pairs), size)):
-        if shard in done:
-            continue
-        rows = np.arange(start, min(start + size, len(pairs)))
-        grads, logits = [], []
-        for chunk in range(0, len(rows), lm.batch_size):
-            examples = pairs.node[rows[chunk:chunk + lm.batch_size]]
-            out = fast(data.encoded.batch(examples).to(device))
-            grads.append(out.grads.cpu())
-            logits.append(out.logits.cpu())
-        tokens += data.encoded.num_tokens(pairs.node[rows])
-        store.write_shard(shard, {"grads": torch.cat(grads).numpy(), "base_logits": torch.cat(logits).numpy(),
-                                  "pair_index": rows, "node": pairs.node[rows], "task": pairs.task[rows],
-                                  "split": pairs.split[rows], "label": pairs.label[rows],
-                                  "weight": pairs.weight[rows]})
-    seconds = time.perf_counter() - started
-    store.sync_manifest(lm_projection={"seconds": round(seconds, 3), "tokens": int(tokens)})
-    store.consolidate()
-    log.info("project: %d pairs, %d tokens in %.1f s (%s, d=%d)", len(pairs), tokens, seconds,
-             project.projector, project.d)
-    return store
+    model, data = load_theta_star(run)
+    sample = fit_sample(pairs.task, pairs.split, project.fit_samples, project.seed)
+    return build_lm_projector(project.projector, model, data, np.sort(pairs.node[sample]), project.d, project.seed)
 
 
-def _projector_spec(run: RunDir, project, model, data: TextData, pairs: Pairs, force: bool,
-                    device: torch.device) -> dict:
-    """Reuse the projector of an existing store (a resume), else fit and save one."""
-    wanted = project.model_dump(include={"projector", "d", "seed", "fit_samples"})
-    manifest = run.grad_store / "manifest.json"
-    if manifest.is_file() and not force:
-        saved = read_json(manifest).get("projector", {})
-        if saved.get("config") == wanted:
-            return saved
-    train_pairs = np.flatnonzero(pairs.split == TRAIN)
-    rng = np.random.default_rng(project.seed)
-    fit = np.sort(pairs.node[rng.choice(train_pairs, size=min(project.fit_samples, len(train_pairs)),
-                                        replace=False)])
-    projector = build_lm_projector(project.projector, model, data, fit, project.d, project.seed, device)
-    spec = save_projector(projector, run.grad_store / PROJECTOR_DIR)
-    spec["config"] = wanted
-    return spec
+def project_examples(fast: LoRAGradientProjector, encoded: EncodedExamples, examples: np.ndarray,
+                     chunk: int, device: torch.device | str = "cpu") -> ProjectedGradients:
+    """Projected margin gradients and margins of ``examples``, ``chunk`` examples per forward."""
+    parts = [fast(encoded.batch(examples[start:start + chunk]).to(device)) for start in range(0, len(examples), chunk)]
+    return ProjectedGradients(torch.cat([p.grads.cpu() for p in parts]), torch.cat([p.logits.cpu() for p in parts]))

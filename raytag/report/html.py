@@ -192,8 +192,10 @@ def _strategy_label(key: str) -> str:
     return f"{label} (non-learned)" if key in NON_LEARNED_STRATEGIES else label
 
 
-def _comparison(strategies: Mapping[str, Any], key: str, other: str) -> str | None:
-    """One sentence comparing two strategies' mean test AP and F1, with the seed noise."""
+def _comparison(strategies: Mapping[str, Any], key: str, other: str, noise: float | None = None) -> str | None:
+    """One sentence comparing two strategies' mean test AP and F1, with the seed noise: ``noise``
+    (groups_eval.json's pooled seed std) when given, else the larger of the two strategies' stds;
+    as groups_eval.json says, a margin under twice the noise is within it."""
     if key not in strategies or other not in strategies:
         return None
     a, b = strategies[key], strategies[other]
@@ -209,11 +211,28 @@ def _comparison(strategies: Mapping[str, Any], key: str, other: str) -> str | No
     )
     if f1_a is not None and f1_b is not None:
         text += f", test F1 {_num(f1_a)} vs {_num(f1_b)} ({_signed(f1_a - f1_b)})"
-    noise = max((_number(s.get("std_test_ap")) or 0.0) for s in (a, b))
+    if noise is None:
+        noise = max((_number(s.get("std_test_ap")) or 0.0) for s in (a, b))
     if noise > 0:
-        within = "within" if abs(delta) <= noise else "larger than"
-        text += f"; the AP difference is {within} the seed-to-seed spread (±{_num(noise)})"
+        within = "within" if abs(delta) <= 2 * noise else "larger than"
+        text += f"; the AP difference is {within} twice the seed-to-seed spread (±{_num(noise, 4)})"
     return text + "."
+
+
+def _single_task_comparison(evaluation: Mapping[str, Any], noise: float | None) -> str | None:
+    """Against single-task training on the tasks it covered (``groups.single_task_limit`` may leave
+    most out, and a mean over other tasks would compare task difficulty, not strategies)."""
+    same_tasks = (evaluation.get("margins") or {}).get("vs_single_task_same_tasks")
+    if not same_tasks:
+        return _comparison(evaluation["strategies"], RAYTAG_STRATEGY, "single_task", noise)
+    ap, f1 = _number(same_tasks.get("test_ap")), _number(same_tasks.get("test_f1"))
+    if ap is None:
+        return None
+    covered = len(evaluation["strategies"]["single_task"].get("per_task") or {})
+    verdict = "beats" if ap > 0 else "does not beat"
+    return (f"{escape(_strategy_label(RAYTAG_STRATEGY))} {verdict} {escape(_strategy_label('single_task'))} on the "
+            f"{covered} tasks single-task training covered: mean per-task test AP difference <b>{_signed(ap)}</b>"
+            + (f", test F1 {_signed(f1)}" if f1 is not None else "") + ".")
 
 
 def _non_learned_warning(strategies: Mapping[str, Any]) -> str | None:
@@ -241,13 +260,14 @@ def _strategies(report: _Report) -> str:
     strategies = evaluation["strategies"]
     order = _strategy_order(strategies)
     parts = []
+    noise = _number((evaluation.get("noise") or {}).get("test_ap"))
     sentences = [
         s
         for s in (
-            _comparison(strategies, RAYTAG_STRATEGY, "all_in_one"),
-            _comparison(strategies, RAYTAG_STRATEGY, "all_in_one_best_epoch"),
-            _comparison(strategies, RAYTAG_STRATEGY, "random_groups"),
-            _comparison(strategies, RAYTAG_STRATEGY, "single_task"),
+            _comparison(strategies, RAYTAG_STRATEGY, "all_in_one", noise),
+            _comparison(strategies, RAYTAG_STRATEGY, "all_in_one_best_epoch", noise),
+            _comparison(strategies, RAYTAG_STRATEGY, "random_groups", noise),
+            _single_task_comparison(evaluation, noise),
         )
         if s
     ]
@@ -281,7 +301,8 @@ def _strategies(report: _Report) -> str:
     parts.append(report.figure("strategies.png", png, "mean test AP and F1 per strategy"))
     notes = [f"seeds: {_num(evaluation.get('seeds'))}"]
     if evaluation.get("notes"):
-        notes.append(escape(str(evaluation["notes"])))
+        listed = evaluation["notes"] if isinstance(evaluation["notes"], list) else [evaluation["notes"]]
+        notes.append("; ".join(escape(str(note)) for note in listed))
     parts.append(f'<p class="note">{" — ".join(notes)}. F1 uses each task\'s threshold chosen on validation.</p>')
     parts.append(_per_task_table(strategies, order))
     return "\n".join(parts)
@@ -338,7 +359,7 @@ def _recommendation(report: _Report) -> str:
             table = _table(["task", "predicted gain of its group over all-in-one"], rows, "numeric small")
             parts.append(_details(f"Predicted gain per task ({len(rows)} tasks, largest first)", table))
     strategies = (evaluation or {}).get("strategies") or {}
-    measured = _comparison(strategies, RAYTAG_STRATEGY, "all_in_one")
+    measured = _comparison(strategies, RAYTAG_STRATEGY, "all_in_one", _number(((evaluation or {}).get("noise") or {}).get("test_ap")))
     if measured:
         parts.append(f"<p><b>Measured:</b> {measured}</p>")
         if recommendation:
@@ -423,7 +444,36 @@ def _source_selection(report: _Report) -> str:
     paths = sorted(report.run_dir.glob("select_*.json"))
     if not paths:
         return report.not_run("select --target TASK", "select_<task>.json")
-    return "\n".join(_one_selection(report, path) for path in paths)
+    if len(paths) == 1:
+        return _one_selection(report, paths[0])
+    summary = _selection_summary([report.json(path.name).get("verify") or {} for path in paths])
+    details = [_details(f"Target {path.stem.removeprefix('select_')}", _one_selection(report, path)) for path in paths]
+    return "\n".join([summary, *details])
+
+
+def _selection_summary(verifies: Sequence[Mapping[str, Any]]) -> str:
+    """Across verified targets: each training set's mean test AP/F1 and on how many targets the
+    chosen sources beat it — one target's fine-tune is too noisy to judge a selection rule."""
+    verified = [v for v in verifies if v]
+    if len(verified) < 2:
+        return ""
+    strategies = list(dict.fromkeys(key for verify in verified for key in verify))
+    rows = []
+    def metric(verify: Mapping[str, Any], key: str, name: str) -> float | None:
+        return _number((verify.get(key) or {}).get(name))
+
+    for key in strategies:
+        aps = [ap for ap in (metric(v, key, "test_ap") for v in verified) if ap is not None]
+        f1s = [f1 for f1 in (metric(v, key, "test_f1") for v in verified) if f1 is not None]
+        margins = [metric(v, "chosen", "test_ap") - metric(v, key, "test_ap") for v in verified
+                   if metric(v, "chosen", "test_ap") is not None and metric(v, key, "test_ap") is not None]
+        versus = ("—" if key == "chosen" or not margins else
+                  f"{_signed(float(np.mean(margins)))} ({sum(m > 0 for m in margins)}/{len(margins)})")
+        rows.append([escape(key), str(len(aps)), _num(float(np.mean(aps))) if aps else "—",
+                     _num(float(np.mean(f1s))) if f1s else "—", versus])
+    return (f"<p>Across {len(verified)} verified targets (mean of each target's test metrics):</p>"
+            + _table(["training set", "targets", "mean test AP", "mean test F1",
+                      "chosen − this, AP (targets where chosen is higher)"], rows, "numeric"))
 
 
 def _one_selection(report: _Report, path: Path) -> str:

@@ -78,7 +78,8 @@ def projected_in_process(run, shard: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def estimated_in_process(run, config) -> tuple[np.ndarray, np.ndarray]:
-    """(subsets, predicted losses) of the estimate stage, in one process, batch by batch."""
+    """(subsets, predicted losses) of the estimate stage, in one process, batch by batch: each
+    subset's own tasks, shifted by the run's anchor offsets (real fine-tunes, not redone here)."""
     from raytag.estimate.subsets import sample_subsets
     from raytag.pipeline import load_gradient_data, make_estimator
 
@@ -87,7 +88,9 @@ def estimated_in_process(run, config) -> tuple[np.ndarray, np.ndarray]:
     subsets = sample_subsets(data.n_tasks, m=estimate.num_subsets, size=min(estimate.subset_size, data.n_tasks),
                              seed=estimate.seed)
     estimator = single_threaded(lambda: make_estimator(config).fit(data))
-    return subsets, single_threaded(lambda: estimator.predict(subsets, batch_size=estimate.batch_size))
+    losses = single_threaded(lambda: estimator.predict(subsets, batch_size=estimate.batch_size, members_only=True))
+    offsets = np.asarray(json.loads((run.estimate_dir / "anchors.json").read_text())["offsets"])
+    return subsets, losses + offsets[None, :]
 
 
 def without_projection(tiny_run, folder: Path):
@@ -127,7 +130,7 @@ def test_worker_node_killed_during_projection_and_estimation(tiny_run, tmp_path)
     assert np.array_equal(got["pair_index"], np.arange(len(grads)))
     subsets, losses = estimated_in_process(run, config)
     assert np.array_equal(np.load(run.estimate_dir / "subsets.npy"), subsets)
-    assert np.array_equal(np.load(run.estimate_dir / "losses.npy"), losses)
+    assert np.array_equal(np.load(run.estimate_dir / "losses.npy"), losses, equal_nan=True)  # NaN: non-members
 
 
 @pytest.mark.cluster
@@ -169,7 +172,7 @@ def test_driver_killed_mid_estimate_resumes_by_rerunning_the_command(tiny_run, t
         assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert {name: (batches / name).stat().st_mtime_ns for name in survivors} == survivors  # kept, not redone
     subsets, losses = estimated_in_process(run, config)
-    assert np.array_equal(np.load(run.estimate_dir / "losses.npy"), losses)
+    assert np.array_equal(np.load(run.estimate_dir / "losses.npy"), losses, equal_nan=True)  # NaN: non-members
     assert np.array_equal(np.load(run.affinity), affinity_matrix(subsets, losses, losses.shape[1]))
 
 

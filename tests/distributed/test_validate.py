@@ -152,3 +152,20 @@ def test_output_paths_keep_longer_fine_tunes_apart(tmp_path):
     assert output_paths(run, 1.0) == (run.validation, run.root / "validation_pairs.json")
     assert [p.name for p in output_paths(run, 4.0)] == ["validation_x4.json", "validation_pairs_x4.json"]
     assert [p.name for p in output_paths(run, 0.5)] == ["validation_x0.5.json", "validation_pairs_x0.5.json"]
+
+
+def test_anchor_offsets_are_real_minus_estimated_loss_and_shift_the_stored_estimates(validated):
+    from raytag.pipeline import load_gradient_data, make_estimator
+
+    run, config, result, _, _, _ = validated
+    record = json.loads((run.estimate_dir / "anchors.json").read_text())
+    names, offsets = record["tasks"], np.array(record["offsets"])
+    assert sorted(name for anchor in record["anchors"] for name in anchor) == sorted(names)
+    anchor = np.array([names.index(name) for name in record["anchors"][0]])
+    estimator = make_estimator(config).fit(load_gradient_data(run))
+    real = _independent_truth(run, anchor, config.finetune.lr, config.finetune.steps)
+    np.testing.assert_allclose(offsets[anchor], (real - estimator.predict(anchor[None, :])[0])[anchor], atol=2e-5)
+    subsets = np.load(run.estimate_dir / "subsets.npy")
+    raw = estimator.predict(subsets, members_only=True)
+    np.testing.assert_allclose(np.load(run.estimate_dir / "losses.npy"), raw + offsets[None, :], atol=1e-5)
+    assert result["flops"]["anchors"] > 0

@@ -34,3 +34,22 @@ def tiny_text():
     tokenizer = CharTokenizer.fit(inputs + [c for cs in choices for c in cs], min_count=1)
     reference = reference_slots(choices, np.concatenate([t.target_index for t in tasks]))
     return encode_examples(tokenizer, inputs, choices, reference, max_length=48), tasks, tokenizer
+
+
+@pytest.fixture(scope="session")
+def text_run(ray_session, tmp_path_factory):
+    """A tiny text run with prepare → cluster done through the pipeline (Ray Train, Ray Data, actors);
+    shared and read-only: tests that write copy it with ``run_helpers.copy_run``."""
+    from lm_helpers import text_config, write_toy_tasks
+
+    from raytag.pipeline import RUN_STAGES, run_stage, save_config
+    from raytag.rundir import RunDir
+
+    root = tmp_path_factory.mktemp("lm_run")
+    config = text_config(write_toy_tasks(root / "tasks"))
+    run = RunDir(root / "run")
+    save_config(run, config)
+    for stage in RUN_STAGES:
+        if stage != "report":
+            run_stage(run, config, stage)
+    return run, config

@@ -300,3 +300,45 @@ def test_tasks_section_shows_the_counts_prepare_recorded(tmp_path):
     assert "<th>num nodes</th><td>131,511</td>" in section
     assert "<td>1,389 / 2,000 / 7,556</td>" in section  # min / median / max of members
     assert "<th>train negatives</th>" in section and "<td>25,112</td>" in section
+
+
+def test_selection_summary_averages_verified_targets(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    verified = {"t1": {"chosen": (0.30, 0.40), "target_alone": (0.20, 0.30), "random_sources": (0.35, 0.45)},
+                "t2": {"chosen": (0.10, 0.20), "target_alone": (0.12, 0.22), "random_sources": (0.05, 0.15)}}
+    for target, verify in verified.items():
+        (run / f"select_{target}.json").write_text(json.dumps({
+            "target": target, "budget": 2, "chosen": ["a", "b"],
+            "verify": {key: {"test_ap": ap, "test_f1": f1} for key, (ap, f1) in verify.items()}}))
+    (run / "select_t3.json").write_text(json.dumps({"target": "t3", "budget": 2, "chosen": ["a", "b"]}))
+    text = build_report(run).read_text(encoding="utf-8")
+    section = re.search(r'<section id="select">(.*?)</section>', text, flags=re.S).group(1)
+    assert "Across 2 verified targets" in section  # t3 was never verified
+    assert [f"<details><summary>Target t{i}</summary>" in section for i in (1, 2, 3)] == [True] * 3  # folded per target
+    summary = re.search(r"<table.*?</table>", section, flags=re.S).group(0)  # first table, before the per-target ones
+    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", summary))
+            if cells}
+    assert rows["chosen"] == ["2", "0.200", "0.300", "—"]
+    # chosen − alone: (+0.10, −0.02) → mean +0.040, higher on 1 of 2 targets
+    assert rows["target_alone"] == ["2", "0.160", "0.260", "+0.040 (1/2)"]
+    assert rows["random_sources"] == ["2", "0.200", "0.300", "+0.000 (1/2)"]
+
+
+def test_margins_use_pooled_noise_and_single_task_on_its_own_tasks(tmp_path):
+    run = tmp_path / "run"
+    write_fake_run(run)
+    evaluation = json.loads((run / "groups_eval.json").read_text())
+    strategies = evaluation["strategies"]
+    strategies["random_groups"]["mean_test_ap"] = 0.105  # 0.002 below raytag groups: under 2 × the pooled 0.0015
+    strategies["single_task"]["per_task"] = dict(list(strategies["single_task"]["per_task"].items())[:2])
+    evaluation["noise"] = {"test_ap": 0.0015, "test_f1": 0.002}
+    evaluation["margins"] = {"vs_single_task_same_tasks": {"test_ap": 0.0024, "test_f1": -0.0037}}
+    (run / "groups_eval.json").write_text(json.dumps(evaluation))
+    section = re.search(r'<section id="strategies">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
+                        flags=re.S).group(1)
+    assert ("test AP 0.107 vs 0.105 (<b>+0.002</b>), test F1 0.190 vs 0.165 (+0.025); the AP difference is within "
+            "twice the seed-to-seed spread (±0.0015)") in section
+    assert "test AP 0.107 vs 0.092 (<b>+0.015</b>)" in section and "larger than twice the seed-to-seed spread (±0.0015)" in section
+    assert ("raytag groups beats single-task on the 2 tasks single-task training covered: mean per-task test AP "
+            "difference <b>+0.002</b>, test F1 -0.004.") in section
