@@ -286,6 +286,7 @@ def run_validation(run: RunDir, config: RaytagConfig, *, steps_multiplier: float
                               seed=seed) for seed in STOCHASTIC_SEEDS for k in stochastic]
     jobs = list({job["id"]: job for job in (*gd_jobs, rerun_job, *adam_jobs)}.values())  # repeated subsets run once
 
+    text = TextFinetune.cached(str(run.root)) if config.data.format == "text" else None
     results_dir = run.root / "validate" / f"trials-{finetune_cache_key(run, config, lr=lr, steps=steps, adam_lr=adam_lr)}"
     cached = sum((results_dir / f"{job['id']}.json").is_file() for job in jobs)
     log.info("validate: %d fine-tunes (%d cached), %d steps of lr %g", len(jobs), cached, steps, lr)
