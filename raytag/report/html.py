@@ -359,9 +359,13 @@ def _recommendation(report: _Report) -> str:
             table = _table(["task", "predicted gain of its group over all-in-one"], rows, "numeric small")
             parts.append(_details(f"Predicted gain per task ({len(rows)} tasks, largest first)", table))
     strategies = (evaluation or {}).get("strategies") or {}
-    measured = _comparison(strategies, RAYTAG_STRATEGY, "all_in_one", _number(((evaluation or {}).get("noise") or {}).get("test_ap")))
+    noise = _number(((evaluation or {}).get("noise") or {}).get("test_ap"))
+    measured = _comparison(strategies, RAYTAG_STRATEGY, "all_in_one", noise)
     if measured:
-        parts.append(f"<p><b>Measured:</b> {measured}</p>")
+        against_random = _comparison(strategies, RAYTAG_STRATEGY, "random_groups", noise)
+        parts.append(f"<p><b>Measured:</b> {measured}</p>"
+                     + (f"<p><b>Measured against random groups of the same sizes</b> (does the choice of "
+                        f"tasks matter, not just splitting?): {against_random}</p>" if against_random else ""))
         if recommendation:
             raytag_ap = _number(strategies[RAYTAG_STRATEGY].get("mean_test_ap"))
             all_ap = _number(strategies["all_in_one"].get("mean_test_ap"))

@@ -342,3 +342,7 @@ def test_margins_use_pooled_noise_and_single_task_on_its_own_tasks(tmp_path):
     assert "test AP 0.107 vs 0.092 (<b>+0.015</b>)" in section and "larger than twice the seed-to-seed spread (±0.0015)" in section
     assert ("raytag groups beats single-task on the 2 tasks single-task training covered: mean per-task test AP "
             "difference <b>+0.002</b>, test F1 -0.004.") in section
+    verdict = re.search(r'<section id="recommendation">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
+                        flags=re.S).group(1)
+    assert re.search(r"Measured against random groups.*test AP 0\.107 vs 0\.105 .*within twice the seed-to-seed",
+                     verdict, flags=re.S)
