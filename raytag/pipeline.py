@@ -208,6 +208,7 @@ def _estimate(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
     anchors = anchor_record(run, config, estimator)
     if anchors is not None:
         losses = losses + np.asarray(anchors["offsets"])[None, :]
+        atomic_write_json(run.estimate_dir / "anchors.json", anchors)
     atomic_save_npy(run.estimate_dir / "subsets.npy", subsets)
     atomic_save_npy(run.estimate_dir / "losses.npy", losses)
     atomic_save_npy(run.estimate_dir / "base_losses.npy", estimator.base_val_loss_)

@@ -11,14 +11,13 @@ copy, and ``pull`` / ``push`` / ``remove`` keep it and the URI in step.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytag.io import atomic_write_json, read_json
-from raytag.storage import RemoteRunDir, RunDirError, is_uri
+from raytag.storage import RemoteRunDir, RunDirError, is_uri, remove_local
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,8 @@ class RunDir:
         for path in paths:
             if self.remote is not None:
                 self.remote.remove(self._relative(path))
-            elif path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+            else:
+                remove_local(path)
 
     def worker_inputs(self) -> tuple[Path, ...]:
         """What Ray workers read from the run directory: prepared tasks and graph, features, θ*."""

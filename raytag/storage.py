@@ -124,7 +124,7 @@ class RemoteRunDir:
             self.filesystem.delete_dir_contents(target, missing_dir_ok=True)
             if relative != ".":
                 self.filesystem.delete_dir(target)
-        _remove_local(self.local / relative)
+        remove_local(self.local / relative)
 
     def _remote_path(self, relative: str) -> str:
         return self.path if relative == "." else f"{self.path}/{relative}"
@@ -172,7 +172,8 @@ def _ray_managed(name: str) -> bool:
     return name.split("/", 1)[0] == RAY_MANAGED
 
 
-def _remove_local(path: Path) -> None:
+def remove_local(path: Path) -> None:
+    """Delete a local file or folder (nothing if it is missing)."""
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():

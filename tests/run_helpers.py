@@ -11,8 +11,6 @@ def write_labelled_graph(folder, *, num_nodes=800, num_labels=8, seed=0):
     `adjlist` input format), so tests exercise the same path a user's files take."""
     from pathlib import Path
 
-    import numpy as np
-
     from raytag.data.synthetic import generate_planted_graph
 
     folder = Path(folder)

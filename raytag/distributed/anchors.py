@@ -15,7 +15,6 @@ import numpy as np
 from raytag.config import RaytagConfig
 from raytag.estimate.anchors import anchor_offsets, anchor_subsets
 from raytag.estimate.estimators import SubsetEstimator
-from raytag.io import atomic_write_json
 from raytag.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -23,9 +22,8 @@ log = logging.getLogger(__name__)
 
 def anchor_calibration(run: RunDir, config: RaytagConfig, estimator: SubsetEstimator, names: list[str],
                        steps: int) -> dict:
-    """Fine-tune θ* on each anchor, compare with ``estimator`` (fitted) and return the
-    calibration record (``offsets`` in task order, the anchors by name, their FLOPs); the
-    configured fine-tune's record is also written to ``estimate/anchors.json``."""
+    """Fine-tune θ* on each anchor for ``steps`` steps, compare with ``estimator`` (fitted) and
+    return the calibration record (``offsets`` in task order, the anchors by name, their FLOPs)."""
     from raytag.distributed.tune import run_trials
     from raytag.distributed.validate import finetune_cache_key, finetune_job, finetune_trial
 
@@ -46,6 +44,4 @@ def anchor_calibration(run: RunDir, config: RaytagConfig, estimator: SubsetEstim
               "flops": float(sum(r["flops"] for r in results)),
               "seconds": round(time.perf_counter() - started, 3),
               "lr": lr, "steps": steps}
-    if steps == config.finetune.steps:
-        atomic_write_json(run.estimate_dir / "anchors.json", record)
     return record

@@ -107,7 +107,7 @@ def train_lm_on_ray(run: RunDir, config: RaytagConfig) -> dict:
                            "fail_after_epoch": int(os.environ.get("RAYTAG_FAIL_AFTER_EPOCH", 0)) or None},
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu(training.use_gpu),
                                      resources_per_worker={"CPU": threads}),
-        run_config=RunConfig(name="train", storage_path=str(run.ray_results),
+        run_config=RunConfig(name="train", storage_path=run.ray_results,
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     started = time.perf_counter()

@@ -145,7 +145,7 @@ def train_meta_model(run: RunDir, config: RaytagConfig) -> dict:
         },
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": threads}),
-        run_config=RunConfig(name="train", storage_path=str(run.ray_results),
+        run_config=RunConfig(name="train", storage_path=run.ray_results,
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     trainer.fit()

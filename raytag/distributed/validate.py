@@ -145,9 +145,7 @@ def _projection_flops_per_pair(projector, params: int) -> float:
     from raytag.grads.projectors import KroneckerProjector
 
     if isinstance(projector, KroneckerProjector):
-        projection = sum(2.0 * (ro.shape[0] * out + ri.shape[0] * (inp + bias)) + d_l
-                         for (out, inp, bias), ro, ri, d_l in zip(projector.layer_shapes, projector.r_out,
-                                                                  projector.r_in, projector.layer_dims))
+        projection = projector.projection_flops()
     else:  # dense or basis: the materialized D-dim gradient times a [D, d] matrix
         projection = 2.0 * projector.D * projector.d
     return 6.0 * params + projection

@@ -315,6 +315,12 @@ class KroneckerProjector(Projector):
                           for u, v, (i, j), (plain_i, plain_j)
                           in zip(out_coords, in_coords, pairs, self._plain_pairs)], dim=-1)
 
+    def projection_flops(self) -> float:
+        """FLOPs to project one sum of per-layer outer products ``δ ãᵀ``: ``R_out δ``, ``R_in ã``
+        and the kept coordinate products (the gradient itself is never formed)."""
+        return float(sum(2.0 * (ro.numel() + ri.numel()) + d_l
+                         for ro, ri, d_l in zip(self.r_out, self.r_in, self.layer_dims)))
+
     # ---- flattened gradients
     def _layer_slices(self):
         start = 0

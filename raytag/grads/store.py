@@ -97,11 +97,10 @@ class GradientStore:
                 return cls(root)
             if not force:
                 details = "; ".join(_difference(k, existing.get(k), wanted[k]) for k in differing)
+                differences = f"{root} was written with a different {', '.join(differing)} ({details})"
                 raise StoreMismatchError(
-                    f"gradient store {root} was written with a different {', '.join(differing)} "
-                    f"({details}). Its shards cannot be mixed with new ones: use a new run "
-                    "directory, or rerun with --force to delete this store and recompute it.",
-                    differences=f"{root} was written with a different {', '.join(differing)} ({details})")
+                    f"gradient store {differences}. Its shards cannot be mixed with new ones: use a new run "
+                    "directory, or rerun with --force to delete this store and recompute it.", differences)
             shutil.rmtree(root / "shards", ignore_errors=True)
             for consolidated in root.glob("consolidated-*.npy"):
                 consolidated.unlink()

@@ -86,9 +86,7 @@ class TextFinetune:
                     if lm.base == "tiny" else 0.0)
         store_tokens = encoded.num_tokens(np.flatnonzero(np.isin(table.split, (TRAIN, VAL))))
         if isinstance(projector, KroneckerProjector):   # per token: R_out δ, R_in a and their product
-            per_token = sum(2.0 * (ro.shape[0] * o + ri.shape[0] * i) + d_l for (o, i, _), ro, ri, d_l in
-                            zip(projector.layer_shapes, projector.r_out, projector.r_in, projector.layer_dims))
-            projection = per_token * store_tokens
+            projection = projector.projection_flops() * store_tokens
         else:  # the flattened per-example gradient (Σ_tokens δ aᵀ), then a dense D x d product
             per_token = 2.0 * projector.D
             projection = per_token * store_tokens + 2.0 * projector.D * projector.d * num_pairs

@@ -219,6 +219,11 @@ def _comparison(strategies: Mapping[str, Any], key: str, other: str, noise: floa
     return text + "."
 
 
+def _pooled_ap_noise(evaluation: Mapping[str, Any] | None) -> float | None:
+    """groups_eval.json's pooled seed-to-seed std of a strategy's mean test AP (None without it)."""
+    return _number(((evaluation or {}).get("noise") or {}).get("test_ap"))
+
+
 def _single_task_comparison(evaluation: Mapping[str, Any], noise: float | None) -> str | None:
     """Against single-task training on the tasks it covered (``groups.single_task_limit`` may leave
     most out, and a mean over other tasks would compare task difficulty, not strategies)."""
@@ -260,7 +265,7 @@ def _strategies(report: _Report) -> str:
     strategies = evaluation["strategies"]
     order = _strategy_order(strategies)
     parts = []
-    noise = _number((evaluation.get("noise") or {}).get("test_ap"))
+    noise = _pooled_ap_noise(evaluation)
     sentences = [
         s
         for s in (
@@ -359,7 +364,7 @@ def _recommendation(report: _Report) -> str:
             table = _table(["task", "predicted gain of its group over all-in-one"], rows, "numeric small")
             parts.append(_details(f"Predicted gain per task ({len(rows)} tasks, largest first)", table))
     strategies = (evaluation or {}).get("strategies") or {}
-    noise = _number(((evaluation or {}).get("noise") or {}).get("test_ap"))
+    noise = _pooled_ap_noise(evaluation)
     measured = _comparison(strategies, RAYTAG_STRATEGY, "all_in_one", noise)
     if measured:
         against_random = _comparison(strategies, RAYTAG_STRATEGY, "random_groups", noise)

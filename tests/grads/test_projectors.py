@@ -94,3 +94,11 @@ def test_kronecker_random_total_dims_and_errors():
         KroneckerProjector.random(SHAPES, 5, kind="sparse")
     with pytest.raises(ValueError, match="layer_dims"):
         KroneckerProjector.random(SHAPES, 5, layer_dims=[1, 1, 1])
+
+
+def test_kronecker_projection_flops_count_both_factors_and_the_kept_products():
+    projector = KroneckerProjector.random(SHAPES, 17, seed=0, out_rows=3)
+    expected = sum(2 * (ro.shape[0] * out + ri.shape[0] * (inp + bias)) + d_l
+                   for (out, inp, bias), ro, ri, d_l in zip(SHAPES, projector.r_out, projector.r_in,
+                                                            projector.layer_dims))
+    assert projector.projection_flops() == expected
