@@ -325,7 +325,8 @@ STAGES: list[Stage] = [
           help="Project per-sample gradients of every (sample, task) pair into the store (Ray Data)."),
     Stage("estimate", ("finetune", "estimate"), _estimate, upstream="project", needs_ray=True,
           scratch=("estimate/batches",),
-          help="Estimate every task's loss after fine-tuning on thousands of task subsets (Ray actors)."),
+          help="Estimate every task's loss after fine-tuning on thousands of task subsets (Ray actors); "
+               "a few real anchor fine-tunes (Ray Tune) fix each task's loss level (estimate.anchors)."),
     Stage("affinity", ("affinity",), _affinity, upstream="estimate",
           help="Build the task-affinity matrix from the estimates."),
     Stage("cluster", ("cluster",), _cluster, upstream="affinity",
