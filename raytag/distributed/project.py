@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from raytag.config import RaytagConfig
 from raytag.data.pairs import Pairs
+from raytag.data.tasks import TRAIN
 from raytag.distributed.metrics import stage_progress
 from raytag.distributed.session import use_gpu
 from raytag.grads import (GradientStore, ProjectedGradients, Projector, StoreMismatchError, make_pair_projector,
@@ -90,8 +91,18 @@ def _fit_graph_projector(run: RunDir, config: RaytagConfig, pairs: Pairs) -> Pro
     features = np.load(run.features, mmap_mode="r")
     sample = fit_sample(pairs.task, pairs.split, config.project.fit_samples, config.project.seed)
     x = torch.from_numpy(np.asarray(features[pairs.node[sample]], dtype=np.float32))
+    train = np.flatnonzero(pairs.split == TRAIN)
+
+    def training_batches():
+        for start in range(0, train.size, config.project.batch_size):
+            rows = train[start:start + config.project.batch_size]
+            yield (torch.from_numpy(np.asarray(features[pairs.node[rows]], dtype=np.float32)),
+                   torch.from_numpy(pairs.task[rows].astype(np.int64)),
+                   torch.from_numpy(pairs.label[rows]), torch.from_numpy(pairs.weight[rows]))
+
     return build_projector(config.project.projector, model, x, torch.from_numpy(pairs.task[sample].astype(np.int64)),
-                           torch.from_numpy(pairs.weight[sample]), config.project.d, config.project.seed)
+                           torch.from_numpy(pairs.weight[sample]), config.project.d, config.project.seed,
+                           training_batches=training_batches, task_rank=config.project.task_rank)
 
 
 def _projection_source(run: RunDir, config: RaytagConfig) -> ProjectionSource:
@@ -119,7 +130,7 @@ def _projector_spec(run: RunDir, config: RaytagConfig, pairs: Pairs, force: bool
 
 
 def _projector_config(config: RaytagConfig) -> dict:
-    return config.project.model_dump(include={"projector", "d", "seed", "fit_samples"})
+    return config.project.model_dump(include={"projector", "d", "seed", "fit_samples", "task_rank"})
 
 
 def project_gradients(run: RunDir, config: RaytagConfig, config_hash: str, *, force: bool = False,

@@ -141,19 +141,25 @@ def finetune_job(run: RunDir, kind: str, subset: np.ndarray, *, optimizer: str, 
 
 
 def _projection_flops_per_pair(projector, params: int) -> float:
-    """One pair's gradient (≈ forward + backward, 6 · params) plus its projection."""
+    """One pair's projected gradient. Factored path: forward + backward of ``δ`` only (≈ 4 · params;
+    the weight-gradient GEMMs are replaced by the projection). Exact path: forward + backward
+    (≈ 6 · params), then the materialized D-dim gradient times a [D, d] matrix."""
     from raytag.grads.projectors import KroneckerProjector
 
     if isinstance(projector, KroneckerProjector):
-        projection = projector.projection_flops()
-    else:  # dense or basis: the materialized D-dim gradient times a [D, d] matrix
-        projection = 2.0 * projector.D * projector.d
-    return 6.0 * params + projection
+        return 4.0 * params + projector.projection_flops()
+    return 6.0 * params + 2.0 * projector.D * projector.d
 
 
 def _projector_fit_flops(spec: dict, params: int) -> float:
     """Fitting an informed subspace on its gradient sample (random projectors: ~0)."""
     source = spec.get("source")
+    if source == "taskgrad":  # one pass over the training pairs, then per-layer eigenbases and per-task SVDs
+        n_fit, n = spec["n_fit_pairs"], spec["n_tasks"]
+        pass_flops = n_fit * (6.0 * params + 2.0 * spec["D"])
+        layers = sum(4.0 * n * out * (inp + bias) * (out + inp + bias) + 9.0 * (out ** 3 + (inp + bias) ** 3)
+                     + n * 4.0 * out * (inp + bias) * min(out, inp + bias) for out, inp, bias in spec["layers"])
+        return pass_flops + layers
     if source == "kfac":
         n_fit = spec["n_fit_pairs"]
         passes = 2 if spec.get("eigenvalue_correction") else 1

@@ -204,13 +204,15 @@ class KroneckerProjector(Projector):
     ``R_in [k_in, in+1]`` and kept index pairs ``(I, J)``, its projected coordinates are
     ``(R_out δ)[I] * (R_in ã)[J]`` — entries of ``R_out (δ ãᵀ) R_inᵀ`` — concatenated over
     layers. Build with ``random(...)`` (seeded) or directly from given (informed) matrices.
+    An optional ``mix [Σ kept pairs, d]`` maps those raw coordinates linearly to the output
+    ones (e.g. to orthonormalize directions that are sums of several outer products).
 
     ``project`` on flattened gradients assumes parameters ordered per layer as
     ``weight [out, in]`` row-major, then ``bias [out]`` (``nn.Linear`` order).
     """
 
     def __init__(self, layer_shapes: Sequence[Sequence], r_out: Sequence, r_in: Sequence,
-                 pairs: Sequence | None = None, info: dict | None = None):
+                 pairs: Sequence | None = None, info: dict | None = None, mix: np.ndarray | None = None):
         self.layer_shapes = [(int(o), int(i), bool(b)) for o, i, b in layer_shapes]
         if not (len(r_out) == len(r_in) == len(self.layer_shapes)):
             raise ValueError(f"need one R_out and one R_in per layer ({len(self.layer_shapes)}), "
@@ -233,7 +235,12 @@ class KroneckerProjector(Projector):
                               len(j) == ri.shape[0] and bool(torch.equal(j, torch.arange(len(j)))))
                              for (i, j), ro, ri in zip(self.pairs, self.r_out, self.r_in)]   # skip gathers
         self.D = sum(o * (i + b) for o, i, b in self.layer_shapes)
-        self.d = sum(self.layer_dims)
+        raw_d = sum(self.layer_dims)
+        self.mix = None if mix is None else torch.as_tensor(np.array(mix, dtype=np.float32))
+        if self.mix is not None and (self.mix.ndim != 2 or self.mix.shape[0] != raw_d):
+            raise ValueError(f"mix must be [{raw_d}, d] (kept pairs x output coordinates), got {tuple(self.mix.shape)}")
+        self.d = raw_d if self.mix is None else self.mix.shape[1]
+        self._passthrough = _leading_unit_columns(self.mix)
         self.info = dict(info or {"source": "given"})
         self._on_device: dict[torch.device, tuple] = {}
 
@@ -305,21 +312,33 @@ class KroneckerProjector(Projector):
         if device not in self._on_device:
             self._on_device[device] = (
                 [r.to(device) for r in self.r_out], [r.to(device) for r in self.r_in],
-                [(i.to(device), j.to(device)) for i, j in self.pairs])
-        return self._on_device[device]
+                [(i.to(device), j.to(device)) for i, j in self.pairs],
+                None if self.mix is None else (self._passthrough.to(device),
+                                               self.mix[:, len(self._passthrough):].to(device)))
+        return self._on_device[device][:3]
+
+    def _mixed(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw kept-pair coordinates ``[..., Σ d_l]`` -> output coordinates ``[..., d]`` (leading
+        columns of ``mix`` that copy one raw coordinate are a gather, the rest a matmul)."""
+        if self.mix is None:
+            return raw
+        self.on(raw.device)
+        copied, dense = self._on_device[raw.device][3]
+        return torch.cat([raw[..., copied], raw @ dense], dim=-1)
 
     def combine(self, out_coords: Sequence[torch.Tensor], in_coords: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per layer ``(R_out δ) [..., k_out]`` and ``(R_in ã) [..., k_in]`` -> ``[..., d]``."""
         _, _, pairs = self.on(out_coords[0].device)
-        return torch.cat([(u if plain_i else u[..., i]) * (v if plain_j else v[..., j])
-                          for u, v, (i, j), (plain_i, plain_j)
-                          in zip(out_coords, in_coords, pairs, self._plain_pairs)], dim=-1)
+        return self._mixed(torch.cat([(u if plain_i else u[..., i]) * (v if plain_j else v[..., j])
+                                      for u, v, (i, j), (plain_i, plain_j)
+                                      in zip(out_coords, in_coords, pairs, self._plain_pairs)], dim=-1))
 
     def projection_flops(self) -> float:
-        """FLOPs to project one sum of per-layer outer products ``δ ãᵀ``: ``R_out δ``, ``R_in ã``
-        and the kept coordinate products (the gradient itself is never formed)."""
+        """FLOPs to project one sum of per-layer outer products ``δ ãᵀ``: ``R_out δ``, ``R_in ã``,
+        the kept coordinate products and the mix (the gradient itself is never formed)."""
+        mixing = 0.0 if self.mix is None else 2.0 * self.mix.shape[0] * (self.d - len(self._passthrough))
         return float(sum(2.0 * (ro.numel() + ri.numel()) + d_l
-                         for ro, ri, d_l in zip(self.r_out, self.r_in, self.layer_dims)))
+                         for ro, ri, d_l in zip(self.r_out, self.r_in, self.layer_dims))) + mixing
 
     # ---- flattened gradients
     def _layer_slices(self):
@@ -338,12 +357,14 @@ class KroneckerProjector(Projector):
                           dim=2) if bias else weight
             full = ro @ g.float() @ ri.T                     # [B, k_out, k_in]
             pieces.append(full[:, i, j])
-        return torch.cat(pieces, dim=1)
+        return self._mixed(torch.cat(pieces, dim=1))
 
     def back_project(self, coords: torch.Tensor) -> torch.Tensor:
         r_out, r_in, pairs = self.on(coords.device)
         lead = coords.shape[:-1]
         flat = coords.reshape(-1, self.d).float()
+        if self.mix is not None:
+            flat = flat @ self.mix.to(flat.device).T
         pieces, offset = [], 0
         for (_, out, inp, bias), ro, ri, (i, j), d_l in zip(self._layer_slices(), r_out, r_in,
                                                               pairs, self.layer_dims):
@@ -363,6 +384,8 @@ class KroneckerProjector(Projector):
         for l, (ro, ri, (i, j)) in enumerate(zip(self.r_out, self.r_in, self.pairs)):
             arrays.update({f"r_out_{l}": ro.numpy(), f"r_in_{l}": ri.numpy(),
                            f"pairs_out_{l}": i.numpy(), f"pairs_in_{l}": j.numpy()})
+        if self.mix is not None:
+            arrays["mix"] = self.mix.numpy()
         return arrays
 
     def spec(self) -> dict:
@@ -384,7 +407,8 @@ class KroneckerProjector(Projector):
                 {"type", "version", "D", "d", "layers", "layer_dims", "arrays", "arrays_hash"}}
         return cls(spec["layers"], [arrays[f"r_out_{l}"] for l in range(n)],
                    [arrays[f"r_in_{l}"] for l in range(n)],
-                   [(arrays[f"pairs_out_{l}"], arrays[f"pairs_in_{l}"]) for l in range(n)], info)
+                   [(arrays[f"pairs_out_{l}"], arrays[f"pairs_in_{l}"]) for l in range(n)], info,
+                   mix=arrays.get("mix"))
 
 
 def linear_layer_shapes(linears: Sequence[torch.nn.Linear]) -> list[tuple[int, int, bool]]:
@@ -484,6 +508,16 @@ def _split_mean_direction(r_in: np.ndarray, mean: np.ndarray, share: float, d_l:
     rest = rest - np.outer(rest @ unit, unit)                             # s P⊥
     along = np.repeat(unit[None, :] / math.sqrt(k_mean), k_mean, axis=0)
     return np.concatenate([along, rest]).astype(np.float32)
+
+
+def _leading_unit_columns(mix: torch.Tensor | None) -> torch.Tensor:
+    """Raw indices copied by the leading columns of ``mix`` that hold a single 1 (empty if none)."""
+    if mix is None:
+        return torch.zeros(0, dtype=torch.int64)
+    nonzero = mix != 0
+    unit = (nonzero.sum(0) == 1) & (mix.sum(0) == 1)
+    leading = int(torch.cumprod(unit.long(), 0).sum())
+    return torch.argmax(nonzero[:, :leading].long(), dim=0)
 
 
 def _grid_pairs(k_out: int, k_in: int) -> tuple[np.ndarray, np.ndarray]:

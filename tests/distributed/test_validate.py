@@ -86,7 +86,7 @@ def test_validation_json_has_every_key_with_finite_values(validated):
     assert written["baselines"]["no_change"]["delta_relative_error"] == pytest.approx(1.0)
     assert written["d"] == 24 and written["steps"] == 10 and written["output"] == "validation.json"
     assert written["estimator"].startswith("LinearizedFineTune(lr=0.05, steps=10")
-    assert written["projector"] == "kfac"
+    assert written["projector"] == "taskgrad"
     assert 0 < written["flops_ratio"] < 1
     stochastic = written["stochastic_within_task_spearman"]
     assert stochastic is None or -1 <= stochastic <= 1
