@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
+import torch
+
 
 def write_labelled_graph(folder, *, num_nodes=800, num_labels=8, seed=0):
     """A small planted-community graph as an adjacency list + node-labels file (the
@@ -47,3 +50,40 @@ def copy_run(run, destination):
 
     shutil.copytree(run.root, destination)
     return RunDir(destination)
+
+
+def independent_gd_truth(run, subset, lr, steps):
+    """θ* fine-tuned on ``subset`` by torch.optim.SGD on a loss written out here from the raw
+    pair arrays (mean over tasks of each task's weighted-mean BCE), then each task's weighted
+    validation BCE."""
+    from raytag.data.pairs import Pairs
+    from raytag.models import load_model
+
+    model = load_model(run.checkpoint)
+    features = np.load(run.features)
+    pairs = Pairs.load(run.pairs)
+    n_tasks = model.num_tasks
+
+    def loss_terms(split, tasks):
+        keep = (pairs.split == split) & np.isin(pairs.task, tasks)
+        x = torch.from_numpy(features[pairs.node[keep]])
+        task = torch.from_numpy(pairs.task[keep].astype(np.int64))
+        return x, task, torch.from_numpy(pairs.label[keep]), torch.from_numpy(pairs.weight[keep])
+
+    def per_task_mean_bce(x, task, label, weight):
+        logits = model(x).gather(1, task[:, None])[:, 0]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, label, reduction="none")
+        total = torch.zeros(n_tasks).index_add_(0, task, weight)
+        summed = torch.zeros(n_tasks).index_add_(0, task, weight * bce)
+        return summed / total, total > 0
+
+    train = loss_terms(1, subset)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        losses, present = per_task_mean_bce(*train)
+        losses[present].mean().backward()
+        optimizer.step()
+    with torch.no_grad():
+        losses, present = per_task_mean_bce(*loss_terms(2, np.arange(n_tasks)))
+    return np.where(present.numpy(), losses.double().numpy(), np.nan)

@@ -7,6 +7,12 @@ strategy alike). Strategies: raytag's groups, one all-task model, each task alon
 groups of the same sizes; plus two figures computed at train time — θ* with each task's best
 epoch, and personalized PageRank from the seeds (non-learned). One Ray Tune trial per
 (strategy, seed, group), cached on disk so a rerun only trains what is missing.
+
+The estimator's own regime is checked beside it (``estimator_regime`` in ``groups_eval.json``):
+raytag's groups, one all-task model and random groups of the same sizes, each fine-tuned by
+the deterministic full-batch gradient descent the estimates model (``finetune.lr``,
+``finetune.steps``, :func:`finetune_group_gd`), scored by validation loss — the quantity the
+affinity matrix is built from — and by test AP / F1.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from raytag.io import atomic_write_json, config_hash, file_hash
 from raytag.lm.finetune import TextFinetune, is_text_run
 from raytag.lm.stages import lm_adapter_file
 from raytag.models import SignMLP, load_model
-from raytag.models.finetune import PairMatrix
+from raytag.models.finetune import PairMatrix, finetune_subset, per_task_losses, validation_matrix
 from raytag.models.training import predict, train_epoch
 from raytag.rundir import RunDir
 
@@ -109,6 +115,24 @@ def finetune_group(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs
     return scores
 
 
+def finetune_group_gd(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs: Pairs, group, *,
+                      lr: float, steps: int, eval_tasks=None, device: str | torch.device = "cpu") -> dict[int, dict]:
+    """The estimator's regime: ``steps`` full-batch GD steps from θ* on ``group`` (deterministic,
+    on the CPU like the validate stage's truth, whatever ``device`` says), then each of
+    ``eval_tasks`` (default: the group) scored once: ``{"val_loss", "val_ap", "test_ap",
+    "test_f1"}`` (val_loss: the weighted BCE on the validation pairs the estimates use)."""
+    group = np.unique(np.asarray(group, dtype=np.int64))
+    eval_tasks = group if eval_tasks is None else np.unique(np.asarray(eval_tasks, dtype=np.int64))
+    model = finetune_subset(copy.deepcopy(theta).cpu(), features, pairs, group, lr=lr, steps=steps)
+    losses = per_task_losses(model, features, validation_matrix(pairs, model.num_tasks))
+    rows = np.flatnonzero(np.isin(taskset.split[:, eval_tasks], (VAL, TEST)).any(axis=1))
+    metrics = per_task_metrics(predict(model, _rows(features, rows, "cpu"))[:, eval_tasks],
+                               taskset.labels[rows][:, eval_tasks], taskset.split[rows][:, eval_tasks])
+    return {int(task): {"val_loss": float(losses[task]),
+                        **{key: float(metrics[key][i]) for key in ("val_ap", "test_ap", "test_f1")}}
+            for i, task in enumerate(eval_tasks.tolist())}
+
+
 def finetune_trial(params: dict) -> dict:
     """One Tune trial: fine-tune each group in ``params["groups"]`` (same seed and settings);
     ``"groups"`` of the result holds each group's per-task scores, in order."""
@@ -118,11 +142,15 @@ def finetune_trial(params: dict) -> dict:
         finetune = TextFinetune.cached(params["run_dir"], device).finetune_group
     else:
         finetune = functools.partial(finetune_group, *load_finetune_inputs(params["run_dir"]))
+    if params.get("optimizer") == "gd":
+        finetune = functools.partial(finetune_group_gd, *load_finetune_inputs(params["run_dir"]))
     started, cpu_started = time.perf_counter(), time.process_time()
     scores = []
     for group in params["groups"]:
-        result = finetune(group, epochs=params["epochs"], lr=params["lr"], seed=params["seed"],
-                          batch_size=params["batch_size"], eval_tasks=params.get("eval_tasks"), device=device)
+        settings = ({"lr": params["lr"], "steps": params["steps"]} if params.get("optimizer") == "gd" else
+                    {"epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
+                     "batch_size": params["batch_size"]})
+        result = finetune(group, eval_tasks=params.get("eval_tasks"), device=device, **settings)
         scores.append({str(task): value for task, value in result.items()})
         tasks_trained(len(group))
     return {"groups": scores, "seconds": time.perf_counter() - started,
@@ -130,12 +158,16 @@ def finetune_trial(params: dict) -> dict:
 
 
 def finetune_jobs(run: RunDir, config: RaytagConfig, label: str, seed: int, groups: list[list[int]],
-                  eval_tasks: list[int] | None = None, gpu: bool = False) -> dict:
+                  eval_tasks: list[int] | None = None, gpu: bool = False, estimator_regime: bool = False) -> dict:
     """A trial's params; its id carries a hash of everything that changes the result, so a
-    cached result is reused only for the same θ*, groups and settings."""
+    cached result is reused only for the same θ*, groups and settings. ``estimator_regime``:
+    the deterministic GD fine-tune of ``finetune.*`` (graph runs) instead of ``groups.*`` Adam."""
     text = config.data.format == "text"
-    settings = {"epochs": config.groups.epochs, "lr": config.groups.lr,
-                "batch_size": config.lm.batch_size if text else FINETUNE_BATCH_SIZE, "seed": int(seed)}
+    if estimator_regime:
+        settings = {"optimizer": "gd", "lr": config.finetune.lr, "steps": config.finetune.steps}
+    else:
+        settings = {"epochs": config.groups.epochs, "lr": config.groups.lr,
+                    "batch_size": config.lm.batch_size if text else FINETUNE_BATCH_SIZE, "seed": int(seed)}
     groups = [sorted(int(t) for t in group) for group in groups]
     theta = lm_adapter_file(run) if text else run.checkpoint
     digest = config_hash({"theta": file_hash(theta), "groups": groups, "eval_tasks": eval_tasks, **settings})
@@ -176,7 +208,14 @@ def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
                                      for i, chunk in enumerate(_chunks(single, SINGLE_TASKS_PER_TRIAL))]
         plan["random_groups", seed] = [finetune_jobs(run, config, f"random{i}", seed, [g], gpu=gpu)
                                        for i, g in enumerate(random_grouping(sizes, n, seed=seed))]
-    jobs = [job for batch in plan.values() for job in batch]
+    regime_plan = {("raytag_groups", 0): [finetune_jobs(run, config, "gd-raytag", 0, groups, gpu=gpu,
+                                                        estimator_regime=True)],
+                   ("all_in_one", 0): [finetune_jobs(run, config, "gd-all", 0, [list(range(n))], gpu=gpu,
+                                                     estimator_regime=True)]}
+    for seed in seeds:
+        regime_plan["random_groups", seed] = [finetune_jobs(run, config, "gd-random", seed, random_grouping(
+            sizes, n, seed=seed), gpu=gpu, estimator_regime=True)]
+    jobs = [job for batch in (*plan.values(), *regime_plan.values()) for job in batch]
     results = dict(zip((job["id"] for job in jobs), run_finetunes(run, config, jobs, "groups")))
 
     strategies = {}
@@ -207,6 +246,7 @@ def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
                                                 for key in ("test_ap", "test_f1")}
     result = {
         "strategies": strategies,
+        "estimator_regime": _estimator_regime(config, regime_plan, results, names, seeds),
         "seeds": seeds,
         "groups": [[names[t] for t in group] for group in groups],
         "margins": margins,
@@ -242,6 +282,28 @@ def _raytag_groups(run: RunDir, names: list[str]) -> tuple[list[list[int]], list
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def _estimator_regime(config: RaytagConfig, plan: dict, results: dict, names: list[str], seeds: list[int]) -> dict:
+    """Per strategy the task means of validation loss, test AP and F1 under the GD fine-tune
+    (random groups: mean over the ``seeds`` draws), and raytag's per-task wins over random groups."""
+    table = {}
+    for strategy in ("raytag_groups", "all_in_one", "random_groups"):
+        draws = [_best_per_task([results[job["id"]] for job in plan[strategy, seed]])
+                 for seed in (seeds if strategy == "random_groups" else [0])]
+        table[strategy] = {key: np.nanmean([[draw[t][key] for t in range(len(names))] for draw in draws], axis=0)
+                           for key in ("val_loss", "test_ap", "test_f1")}
+    ours, random = table["raytag_groups"], table["random_groups"]
+    return {
+        "settings": {"optimizer": "full-batch gradient descent", "lr": config.finetune.lr,
+                     "steps": config.finetune.steps, "random_draws": len(seeds)},
+        "strategies": {strategy: {f"mean_{key}": float(np.nanmean(values)) for key, values in scores.items()}
+                       for strategy, scores in table.items()},
+        "tasks_better_than_random": {"val_loss": int((ours["val_loss"] < random["val_loss"]).sum()),
+                                     "test_ap": int((ours["test_ap"] > random["test_ap"]).sum()),
+                                     "test_f1": int((ours["test_f1"] > random["test_f1"]).sum()),
+                                     "of": len(names)},
+    }
 
 
 def _best_per_task(trials: list[dict]) -> dict[int, dict]:
@@ -312,5 +374,5 @@ def _rows(features: np.ndarray, rows: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).to(device)
 
 
-__all__ = ["evaluate_groupings", "finetune_group", "finetune_jobs", "finetune_trial", "load_finetune_inputs",
+__all__ = ["evaluate_groupings", "finetune_group", "finetune_group_gd", "finetune_jobs", "finetune_trial", "load_finetune_inputs",
            "run_finetunes"]

@@ -99,27 +99,33 @@ def select_sources(run: RunDir, config: RaytagConfig, target: str, budget: int |
             "representation_cosine": [representation["ranking"][:budget]],
         }
         result["verify"] = _verify(run, config, t, alternatives, names)
+        if config.data.format != "text":
+            result["verify_estimator_regime"] = _verify(run, config, t, alternatives, names, estimator_regime=True)
     result["seconds"] = time.perf_counter() - started
     atomic_write_json(run.select_json(target), result)
     return result
 
 
 def _verify(run: RunDir, config: RaytagConfig, t: int, alternatives: dict[str, list[list[int]]],
-            names: list[str]) -> dict:
+            names: list[str], estimator_regime: bool = False) -> dict:
     """Fine-tune target + each source set from θ* and score the target on test: one Tune trial
-    per seed runs every alternative (each is short; trial start-up would dominate)."""
+    per seed runs every alternative (each is short; trial start-up would dominate).
+    ``estimator_regime``: the deterministic GD fine-tune the estimates model (one trial; the
+    scores add the target's validation loss)."""
     ensure_ray(config.ray)
     gpu = use_gpu(config.training.use_gpu)
     labelled = [(strategy, sources) for strategy, draws in alternatives.items() for sources in draws]
+    seeds = [0] if estimator_regime else range(config.groups.seeds)
     jobs = [finetune_jobs(run, config, f"verify-task{t}", seed, [[t, *sources] for _, sources in labelled],
-                          eval_tasks=[t], gpu=gpu) for seed in range(config.groups.seeds)]
+                          eval_tasks=[t], gpu=gpu, estimator_regime=estimator_regime) for seed in seeds]
     trials = run_finetunes(run, config, jobs, "select")
     verify = {}
     for strategy, draws in alternatives.items():
         positions = [i for i, (name, _) in enumerate(labelled) if name == strategy]
         runs = [trial["groups"][i][str(t)] for trial in trials for i in positions]
         # graph: test_ap, test_f1; text: test_loss, test_accuracy
-        scores = {key: np.array([r[key] for r in runs], dtype=np.float64) for key in runs[0] if key.startswith("test_")}
+        scores = {key: np.array([r[key] for r in runs], dtype=np.float64) for key in runs[0]
+                  if key.startswith("test_") or key == "val_loss"}
         verify[strategy] = {**{key: float(np.mean(v)) for key, v in scores.items()},
                             **{f"std_{key}": float(np.std(v, ddof=1)) if v.size > 1 else None
                                for key, v in scores.items()},

@@ -309,8 +309,23 @@ def _strategies(report: _Report) -> str:
         listed = evaluation["notes"] if isinstance(evaluation["notes"], list) else [evaluation["notes"]]
         notes.append("; ".join(escape(str(note)) for note in listed))
     parts.append(f'<p class="note">{" — ".join(notes)}. F1 uses each task\'s threshold chosen on validation.</p>')
+    parts.append(_estimator_regime(evaluation.get("estimator_regime")))
     parts.append(_per_task_table(strategies, order))
     return "\n".join(parts)
+
+
+def _estimator_regime(regime: Mapping[str, Any] | None) -> str:
+    """The same comparison under the fine-tune the estimates model (deterministic GD)."""
+    if not regime:
+        return ""
+    settings, wins = regime.get("settings") or {}, regime.get("tasks_better_than_random") or {}
+    rows = [[escape(_strategy_label(key)), _num(values.get("mean_val_loss"), 4), _num(values.get("mean_test_ap")),
+             _num(values.get("mean_test_f1"))] for key, values in (regime.get("strategies") or {}).items()]
+    return (f"<p>Under the fine-tune the estimates model ({_num(settings.get('steps'))} full-batch gradient-descent "
+            f"steps at lr {_num(settings.get('lr'))}; random groups: mean of {_num(settings.get('random_draws'))} "
+            f"draws), raytag's groups have a lower validation loss than random groups for {_num(wins.get('val_loss'))}"
+            f"/{_num(wins.get('of'))} tasks and a higher test AP for {_num(wins.get('test_ap'))}:</p>"
+            + _table(["strategy", "mean validation loss", "mean test AP", "mean test F1"], rows, "numeric"))
 
 
 def _per_task_table(strategies: Mapping[str, Any], order: Sequence[str]) -> str:
@@ -455,34 +470,51 @@ def _source_selection(report: _Report) -> str:
         return report.not_run("select --target TASK", "select_<task>.json")
     if len(paths) == 1:
         return _one_selection(report, paths[0])
-    summary = _selection_summary([report.json(path.name).get("verify") or {} for path in paths])
+    selections = [report.json(path.name) for path in paths]
+    summaries = [_selection_summary([s.get("verify") or {} for s in selections],
+                                    "seeded minibatch Adam fine-tunes (groups.epochs, groups.lr)"),
+                 _selection_summary([s.get("verify_estimator_regime") or {} for s in selections],
+                                    "the fine-tune the estimates model (deterministic full-batch gradient descent)")]
     details = [_details(f"Target {path.stem.removeprefix('select_')}", _one_selection(report, path)) for path in paths]
-    return "\n".join([summary, *details])
+    return "\n".join([*summaries, *details])
 
 
-def _selection_summary(verifies: Sequence[Mapping[str, Any]]) -> str:
-    """Across verified targets: each training set's mean test AP/F1 and on how many targets the
-    chosen sources beat it — one target's fine-tune is too noisy to judge a selection rule."""
+def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> str:
+    """Across verified targets: each training set's mean test AP/F1 (and validation loss where
+    measured) and on how many targets the chosen sources beat it — one target's fine-tune is too
+    noisy to judge a selection rule."""
     verified = [v for v in verifies if v]
     if len(verified) < 2:
         return ""
     strategies = list(dict.fromkeys(key for verify in verified for key in verify))
+    with_loss = any("val_loss" in entry for verify in verified for entry in verify.values())
     rows = []
     def metric(verify: Mapping[str, Any], key: str, name: str) -> float | None:
         return _number((verify.get(key) or {}).get(name))
 
+    def mean_of(key: str, name: str) -> str:
+        values = [x for x in (metric(v, key, name) for v in verified) if x is not None]
+        return _num(float(np.mean(values)), 4 if name == "val_loss" else 3) if values else "—"
+
+    def versus(key: str, name: str, lower_is_better: bool = False) -> str:
+        margins = [metric(v, "chosen", name) - metric(v, key, name) for v in verified
+                   if metric(v, "chosen", name) is not None and metric(v, key, name) is not None]
+        if key == "chosen" or not margins:
+            return "—"
+        wins = sum((m < 0) if lower_is_better else (m > 0) for m in margins)
+        return f"{_signed(float(np.mean(margins)))} ({wins}/{len(margins)})"
+
     for key in strategies:
-        aps = [ap for ap in (metric(v, key, "test_ap") for v in verified) if ap is not None]
-        f1s = [f1 for f1 in (metric(v, key, "test_f1") for v in verified) if f1 is not None]
-        margins = [metric(v, "chosen", "test_ap") - metric(v, key, "test_ap") for v in verified
-                   if metric(v, "chosen", "test_ap") is not None and metric(v, key, "test_ap") is not None]
-        versus = ("—" if key == "chosen" or not margins else
-                  f"{_signed(float(np.mean(margins)))} ({sum(m > 0 for m in margins)}/{len(margins)})")
-        rows.append([escape(key), str(len(aps)), _num(float(np.mean(aps))) if aps else "—",
-                     _num(float(np.mean(f1s))) if f1s else "—", versus])
-    return (f"<p>Across {len(verified)} verified targets (mean of each target's test metrics):</p>"
-            + _table(["training set", "targets", "mean test AP", "mean test F1",
-                      "chosen − this, AP (targets where chosen is higher)"], rows, "numeric"))
+        targets = sum(metric(v, key, "test_ap") is not None for v in verified)
+        row = [escape(key), str(targets), mean_of(key, "test_ap"), mean_of(key, "test_f1"), versus(key, "test_ap")]
+        if with_loss:
+            row += [mean_of(key, "val_loss"), versus(key, "val_loss", lower_is_better=True)]
+        rows.append(row)
+    headers = ["training set", "targets", "mean test AP", "mean test F1", "chosen − this, AP (targets where chosen is higher)"]
+    if with_loss:
+        headers += ["mean validation loss", "chosen − this, loss (targets where chosen is lower)"]
+    return (f"<p>Across {len(verified)} verified targets, {escape(regime)} (mean of each target's metrics):</p>"
+            + _table(headers, rows, "numeric"))
 
 
 def _one_selection(report: _Report, path: Path) -> str:
@@ -509,6 +541,12 @@ def _one_selection(report: _Report, path: Path) -> str:
         ]
         parts.append("<p>Verified by fine-tuning (target task's test metrics; best AP in bold):</p>")
         parts.append(_table(["training set", "test AP", "test F1"], verify_rows, "numeric"))
+    regime = selection.get("verify_estimator_regime")
+    if regime:
+        rows = [[escape(k), _num(v.get("val_loss"), 4), _num(v.get("test_ap")), _num(v.get("test_f1"))]
+                for k, v in regime.items()]
+        parts.append("<p>Under the fine-tune the estimates model (deterministic gradient descent):</p>")
+        parts.append(_table(["training set", "validation loss", "test AP", "test F1"], rows, "numeric"))
     else:
         parts.append(f'<p class="missing">Not verified yet — <code>raytag select --run-dir {escape(str(report.run_dir))} --target {target} --verify</code></p>')
     return "\n".join(parts)

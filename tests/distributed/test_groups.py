@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from run_helpers import copy_run
+from run_helpers import copy_run, independent_gd_truth
 
 from raytag.data.tasks import TaskSet
 from raytag.distributed.groups import LEARNED, evaluate_groupings, finetune_group, load_finetune_inputs
@@ -71,9 +71,17 @@ def test_groups_eval_strategies_margins_and_resume(tiny_run, tmp_path):
     assert sorted(map(sorted, result["groups"])) == sorted(map(sorted, groups_json))
     assert result["noise"]["test_ap"] is None  # the tiny config runs one seed
 
+    # the estimator's regime: the all-task GD fine-tune's validation losses, computed another way
+    regime = result["estimator_regime"]
+    assert set(regime["strategies"]) == {"raytag_groups", "all_in_one", "random_groups"}
+    truth = independent_gd_truth(run, np.arange(len(names)), config.finetune.lr, config.finetune.steps)
+    assert regime["strategies"]["all_in_one"]["mean_val_loss"] == pytest.approx(np.nanmean(truth), rel=1e-4)
+    assert 0 <= regime["tasks_better_than_random"]["val_loss"] <= regime["tasks_better_than_random"]["of"] == len(names)
+
     # a rerun reads the cached trials: doctor the all-in-one trial and see it come back
     trials = sorted((run.root / "groups_trials").glob("*.json"))
-    assert len(trials) == 6  # 2 raytag groups + all-in-one + 1 single-task batch + 2 random groups
+    # 2 raytag groups + all-in-one + 1 single-task batch + 2 random groups; GD regime: raytag, all, random
+    assert len(trials) == 9
     all_in_one = next(path for path in trials if path.name.startswith("all-"))
     doctored = json.loads(all_in_one.read_text())
     for entry in doctored["groups"][0].values():

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from run_helpers import copy_run
+from run_helpers import copy_run, independent_gd_truth
 
 from raytag import pipeline
 from raytag.data.pairs import Pairs
@@ -103,3 +103,11 @@ def test_verify_fine_tunes_every_alternative(tiny_run, tmp_path):
         torch.set_num_threads(threads)
     assert verify["chosen"]["test_ap"] == pytest.approx(direct[0]["test_ap"], abs=1e-6)
     assert verify["target_alone"]["test_ap"] != verify["chosen"]["test_ap"]
+
+    # the estimator's regime: the target's validation loss after GD on target + sources, computed another way
+    regime = result["verify_estimator_regime"]
+    assert set(regime) == set(verify) and regime["random_sources"]["runs"] == 3
+    for strategy, sources in (("target_alone", []), ("chosen", result["chosen"])):
+        subset = [0, *(names.index(name) for name in sources)]
+        truth = independent_gd_truth(run, subset, config.finetune.lr, config.finetune.steps)
+        assert regime[strategy]["val_loss"] == pytest.approx(truth[0], rel=1e-4), strategy

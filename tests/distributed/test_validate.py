@@ -8,9 +8,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from run_helpers import copy_run
+from run_helpers import copy_run, independent_gd_truth
 
 METRIC_KEYS = ("within_task_spearman", "delta_relative_error", "affinity_spearman", "mean_relative_error",
                "spearman")
@@ -32,43 +31,6 @@ def validated(tiny_run, tmp_path_factory):
     second = run_validation(run, config)
     mtimes_again = {path: path.stat().st_mtime_ns for path in trial_files}
     return run, config, first, second, mtimes, mtimes_again
-
-
-def _independent_truth(run, subset, lr, steps):
-    """θ* fine-tuned on ``subset`` by torch.optim.SGD on a loss written out here from the raw
-    pair arrays (mean over tasks of each task's weighted-mean BCE), then each task's weighted
-    validation BCE."""
-    from raytag.data.pairs import Pairs
-    from raytag.models import load_model
-
-    model = load_model(run.checkpoint)
-    features = np.load(run.features)
-    pairs = Pairs.load(run.pairs)
-    n_tasks = model.num_tasks
-
-    def loss_terms(split, tasks):
-        keep = (pairs.split == split) & np.isin(pairs.task, tasks)
-        x = torch.from_numpy(features[pairs.node[keep]])
-        task = torch.from_numpy(pairs.task[keep].astype(np.int64))
-        return x, task, torch.from_numpy(pairs.label[keep]), torch.from_numpy(pairs.weight[keep])
-
-    def per_task_mean_bce(x, task, label, weight):
-        logits = model(x).gather(1, task[:, None])[:, 0]
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, label, reduction="none")
-        total = torch.zeros(n_tasks).index_add_(0, task, weight)
-        summed = torch.zeros(n_tasks).index_add_(0, task, weight * bce)
-        return summed / total, total > 0
-
-    train = loss_terms(1, subset)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        losses, present = per_task_mean_bce(*train)
-        losses[present].mean().backward()
-        optimizer.step()
-    with torch.no_grad():
-        losses, present = per_task_mean_bce(*loss_terms(2, np.arange(n_tasks)))
-    return np.where(present.numpy(), losses.double().numpy(), np.nan)
 
 
 def test_validation_json_has_every_key_with_finite_values(validated):
@@ -130,7 +92,7 @@ def test_true_loss_matches_independent_fine_tune(validated):
     pairs = json.loads((run.root / "validation_pairs.json").read_text())
     subset_index = 1
     subset = np.array(result["design"]["subsets"][subset_index])
-    expected = _independent_truth(run, subset, config.finetune.lr, config.finetune.steps)
+    expected = independent_gd_truth(run, subset, config.finetune.lr, config.finetune.steps)
     rows = np.array(pairs["subset"]) == subset_index
     tasks = np.array(pairs["task"])[rows]
     np.testing.assert_allclose(np.array(pairs["true"])[rows], expected[tasks], rtol=0, atol=2e-5)
@@ -163,7 +125,7 @@ def test_anchor_offsets_are_real_minus_estimated_loss_and_shift_the_stored_estim
     assert sorted(name for anchor in record["anchors"] for name in anchor) == sorted(names)
     anchor = np.array([names.index(name) for name in record["anchors"][0]])
     estimator = make_estimator(config).fit(load_gradient_data(run))
-    real = _independent_truth(run, anchor, config.finetune.lr, config.finetune.steps)
+    real = independent_gd_truth(run, anchor, config.finetune.lr, config.finetune.steps)
     np.testing.assert_allclose(offsets[anchor], (real - estimator.predict(anchor[None, :])[0])[anchor], atol=2e-5)
     subsets = np.load(run.estimate_dir / "subsets.npy")
     raw = estimator.predict(subsets, members_only=True)
