@@ -346,3 +346,31 @@ def test_margins_use_pooled_noise_and_single_task_on_its_own_tasks(tmp_path):
                         flags=re.S).group(1)
     assert re.search(r"Measured against random groups.*test AP 0\.107 vs 0\.105 .*within twice the seed-to-seed",
                      verdict, flags=re.S)
+
+
+def test_estimator_regime_tables_for_groups_and_selection(tmp_path):
+    run = tmp_path / "run"
+    write_fake_run(run)
+    evaluation = json.loads((run / "groups_eval.json").read_text())
+    evaluation["estimator_regime"] = {
+        "settings": {"optimizer": "full-batch gradient descent", "lr": 0.05, "steps": 10, "random_draws": 2},
+        "strategies": {"raytag_groups": {"mean_val_loss": 1.9402, "mean_test_ap": 0.189, "mean_test_f1": 0.258},
+                       "random_groups": {"mean_val_loss": 1.9661, "mean_test_ap": 0.188, "mean_test_f1": 0.257}},
+        "tasks_better_than_random": {"val_loss": 91, "test_ap": 61, "test_f1": 58, "of": 100}}
+    (run / "groups_eval.json").write_text(json.dumps(evaluation))
+    for target, (chosen, random) in {"t1": (1.0, 1.2), "t2": (2.0, 1.9)}.items():
+        (run / f"select_{target}.json").write_text(json.dumps({
+            "target": target, "budget": 2, "chosen": ["a", "b"],
+            "verify_estimator_regime": {"chosen": {"val_loss": chosen, "test_ap": 0.3, "test_f1": 0.4},
+                                        "random_sources": {"val_loss": random, "test_ap": 0.2, "test_f1": 0.3}}}))
+    text = build_report(run).read_text(encoding="utf-8")
+    groups = re.search(r'<section id="strategies">(.*?)</section>', text, flags=re.S).group(1)
+    assert "lower validation loss than random groups for 91/100 tasks and a higher test AP for 61" in groups
+    assert "<td>1.9402</td>" in groups
+    select = re.search(r'<section id="select">(.*?)</section>', text, flags=re.S).group(1)
+    assert "Across 2 verified targets, the fine-tune the estimates model" in select
+    summary = re.search(r"the fine-tune the estimates model.*?(<table.*?</table>)", select, flags=re.S).group(1)
+    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", summary))
+            if cells}
+    # chosen − random loss: (−0.2, +0.1) → mean −0.050, lower on 1 of 2 targets
+    assert rows["random_sources"][-2:] == ["1.5500", "-0.050 (1/2)"]
