@@ -1,10 +1,14 @@
 """LoRA gradient projection vs a LoRA training step, on the tiny LM (and SmolLM2-135M if given).
 
 Times, on the same examples: (a) a LoRA training step (forward + backward + Adam), (b) the fast
-factored projected-gradient pass, (c) torch.func vmap + dense Gaussian projection; reports tokens/s
-(unpadded tokens of every candidate row). Fidelity: Pearson correlation between projected and
-exact inner products over random example pairs, for the fast path and for a dense Gaussian
-projection of the same d. The last line is one JSON object.
+pass — one forward and one backward with hooks, the per-example LoRA gradients formed from the
+hooked factors (``Σ_t δ_t a_tᵀ``, cheap because every LoRA matrix has a rank-sized side), then a
+dense Gaussian projection (``LoRAGradientProjector`` with a ``DenseProjector``, the path the
+pipeline takes for dense and SVD projectors), (c) the fully factored Kronecker sketch (the
+gradient never formed), (d) torch.func vmap per-example gradients + the same dense projection;
+reports tokens/s (unpadded tokens of every candidate row). Fidelity: Pearson correlation between
+projected and exact inner products over random example pairs. The last line is one JSON object;
+its ``fast_*`` keys are (b), ``kronecker_*`` keys (c).
 
     python benchmarks/bench_lm.py                      # tiny config, ~1 min on 1 thread
     python benchmarks/bench_lm.py --smollm2 DIR        # also SmolLM2-135M from DIR/*.gguf
@@ -27,7 +31,7 @@ from raytag.lm.scoring import margins
 from raytag.lm.stages import reference_slots
 from raytag.lm.tasks import load_text_tasks
 from raytag.lm.tokenize import CharTokenizer, HFTokenizer, encode_examples
-from raytag.lm.train import pretrain_base
+from raytag.lm.train import load_trainable, pretrain_base, trainable_state
 from raytag.models.lm import add_lora, load_smollm2, tiny_llama
 
 TASKS = ["sports_understanding", "navigate", "strategyqa", "implicatures", "social_support", "winowhy"]
@@ -70,29 +74,38 @@ def measure(model, encoded, d: int, batch: int, repeats: int, fidelity_examples:
            for s in range(0, fidelity_examples, batch)]
     exact = torch.cat(fit)
     kron = KroneckerProjector.random(shapes, d, seed=seed, layer_weights=layer_energy(fit, shapes))
-    fast = LoRAGradientProjector(model, kron)
+    kronecker = LoRAGradientProjector(model, kron)
     dense = DenseProjector(D, d, kind="gaussian", seed=seed)
+    fast = LoRAGradientProjector(model, dense)
+    before = trainable_state(model)
     train_s = timed(train_step, repeats)
+    load_trainable(model, before)  # the timed Adam steps moved the LoRA weights the exact gradients were taken at
     fast_s = timed(lambda: fast(data), repeats)
+    kronecker_s = timed(lambda: kronecker(data), repeats)
     vmap_s = timed(lambda: exact_projected_lora_gradients(model, data, dense, chunk=batch), max(1, repeats // 2))
 
     rng = np.random.default_rng(seed)
     i, j = rng.integers(0, len(exact), size=(2, 4000))
     keep = i != j
     i, j = i[keep], j[keep]
-    exact = exact.cpu()
-    truth = (exact[i] * exact[j]).sum(1).numpy()
+    exact = exact.cpu().double()
+    truth = (exact @ exact.T)[i, j].numpy()  # inner products via the Gram matrix: gathering 4,000 row
+    # pairs of D-dim gradients would hold 2 x 4,000 x D floats (15 GB for SmolLM2's D = 460,800)
     pieces = [encoded.batch(np.arange(s, min(s + batch, fidelity_examples))).to(device) for s in range(0, fidelity_examples, batch)]
     fast_grads = torch.cat([fast(p).grads.cpu() for p in pieces])
-    dense_grads = dense.project(exact)
+    kronecker_grads = torch.cat([kronecker(p).grads.cpu() for p in pieces])
+    dense_grads = dense.project(exact.float())
 
     def fidelity(g):
-        return float(np.corrcoef((g[i] * g[j]).sum(1).numpy(), truth)[0, 1])
+        g = g.double()
+        return float(np.corrcoef((g @ g.T)[i, j].numpy(), truth)[0, 1])
 
     return {"D": D, "d": d, "batch_examples": batch, "batch_tokens": tokens,
             "train_tokens_per_s": tokens / train_s, "fast_tokens_per_s": tokens / fast_s,
-            "vmap_dense_tokens_per_s": tokens / vmap_s, "fast_vs_train_ratio": fast_s / train_s,
+            "kronecker_tokens_per_s": tokens / kronecker_s, "vmap_dense_tokens_per_s": tokens / vmap_s,
+            "fast_vs_train_ratio": fast_s / train_s, "kronecker_vs_train_ratio": kronecker_s / train_s,
             "vmap_vs_train_ratio": vmap_s / train_s, "fidelity_fast": fidelity(fast_grads),
+            "fidelity_kronecker": fidelity(kronecker_grads),
             "fidelity_dense_gaussian": fidelity(dense_grads), "fidelity_pairs": int(len(i))}
 
 
@@ -129,7 +142,8 @@ def main() -> None:
         print("smollm2", json.dumps(results["smollm2"]))
     headline = results.get("smollm2", results["tiny"])
     print(json.dumps({**{k: headline[k] for k in ("train_tokens_per_s", "fast_tokens_per_s", "fast_vs_train_ratio",
-                                                  "fidelity_fast", "fidelity_dense_gaussian", "d")},
+                                                  "fidelity_fast", "fidelity_dense_gaussian", "kronecker_vs_train_ratio",
+                                                  "fidelity_kronecker", "d")},
                       "model": "smollm2" if "smollm2" in results else "tiny", "results": results}))
 
 

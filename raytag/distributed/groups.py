@@ -138,16 +138,17 @@ def finetune_trial(params: dict) -> dict:
     ``"groups"`` of the result holds each group's per-task scores, in order."""
     torch.set_num_threads(int(params["threads"]))
     device = "cuda" if params["gpu"] and torch.cuda.is_available() else "cpu"
+    gd = params.get("optimizer") == "gd"
     if is_text_run(params["run_dir"]):  # LoRA θ* on tokenized examples; scores are losses and accuracies
-        finetune = TextFinetune.cached(params["run_dir"], device).finetune_group
+        text = TextFinetune.cached(params["run_dir"], device)
+        finetune = text.finetune_group_gd if gd else text.finetune_group
     else:
-        finetune = functools.partial(finetune_group, *load_finetune_inputs(params["run_dir"]))
-    if params.get("optimizer") == "gd":
-        finetune = functools.partial(finetune_group_gd, *load_finetune_inputs(params["run_dir"]))
+        finetune = functools.partial(finetune_group_gd if gd else finetune_group,
+                                     *load_finetune_inputs(params["run_dir"]))
     started, cpu_started = time.perf_counter(), time.process_time()
     scores = []
     for group in params["groups"]:
-        settings = ({"lr": params["lr"], "steps": params["steps"]} if params.get("optimizer") == "gd" else
+        settings = ({"lr": params["lr"], "steps": params["steps"]} if gd else
                     {"epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
                      "batch_size": params["batch_size"]})
         result = finetune(group, eval_tasks=params.get("eval_tasks"), device=device, **settings)
@@ -161,7 +162,7 @@ def finetune_jobs(run: RunDir, config: RaytagConfig, label: str, seed: int, grou
                   eval_tasks: list[int] | None = None, gpu: bool = False, estimator_regime: bool = False) -> dict:
     """A trial's params; its id carries a hash of everything that changes the result, so a
     cached result is reused only for the same θ*, groups and settings. ``estimator_regime``:
-    the deterministic GD fine-tune of ``finetune.*`` (graph runs) instead of ``groups.*`` Adam."""
+    the deterministic GD fine-tune of ``finetune.*`` instead of ``groups.*`` Adam."""
     text = config.data.format == "text"
     if estimator_regime:
         settings = {"optimizer": "gd", "lr": config.finetune.lr, "steps": config.finetune.steps}

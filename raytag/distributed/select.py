@@ -99,8 +99,7 @@ def select_sources(run: RunDir, config: RaytagConfig, target: str, budget: int |
             "representation_cosine": [representation["ranking"][:budget]],
         }
         result["verify"] = _verify(run, config, t, alternatives, names)
-        if config.data.format != "text":
-            result["verify_estimator_regime"] = _verify(run, config, t, alternatives, names, estimator_regime=True)
+        result["verify_estimator_regime"] = _verify(run, config, t, alternatives, names, estimator_regime=True)
     result["seconds"] = time.perf_counter() - started
     atomic_write_json(run.select_json(target), result)
     return result
@@ -124,8 +123,8 @@ def _verify(run: RunDir, config: RaytagConfig, t: int, alternatives: dict[str, l
         positions = [i for i, (name, _) in enumerate(labelled) if name == strategy]
         runs = [trial["groups"][i][str(t)] for trial in trials for i in positions]
         # graph: test_ap, test_f1; text: test_loss, test_accuracy
-        scores = {key: np.array([r[key] for r in runs], dtype=np.float64) for key in runs[0]
-                  if key.startswith("test_") or key == "val_loss"}
+        scores = {key: np.array([np.nan if r[key] is None else r[key] for r in runs], dtype=np.float64)
+                  for key in runs[0] if key.startswith("test_") or key == "val_loss"}
         verify[strategy] = {**{key: float(np.mean(v)) for key, v in scores.items()},
                             **{f"std_{key}": float(np.std(v, ddof=1)) if v.size > 1 else None
                                for key, v in scores.items()},

@@ -22,7 +22,7 @@ from raytag.grads.exact import eval_mode
 from raytag.lm.scoring import causal_lm
 from raytag.lm.stages import lm_adapter_file, load_theta_star, text_dir
 from raytag.lm.tasks import TRAIN, VAL
-from raytag.lm.train import finetune_group, finetune_subset, lora_pass_flops, val_losses
+from raytag.lm.train import finetune_group, finetune_subset, lora_pass_flops, split_scores, val_losses
 from raytag.rundir import RunDir
 
 
@@ -74,6 +74,16 @@ class TextFinetune:
         """Seeded Adam on ``group`` from θ*, each evaluated task at its own best epoch (see
         ``raytag.lm.train.finetune_group`` for the settings)."""
         return finetune_group(self.model, self.data.encoded, self.data.table, group, **settings)
+
+    def finetune_group_gd(self, group, *, lr: float, steps: int, eval_tasks=None, device=None) -> dict[int, dict]:
+        """The estimator's regime: deterministic full-batch LoRA GD from θ* on ``group``, then each
+        of ``eval_tasks`` (default: the group) scored once (``val_loss``, ``val_accuracy``,
+        ``test_loss``, ``test_accuracy``); ``device`` is this instance's."""
+        eval_tasks = np.unique(np.asarray(group if eval_tasks is None else eval_tasks, dtype=np.int64))
+        tuned = finetune_subset(self.model, self.data.encoded, self.data.table, group, lr=lr, steps=steps,
+                                optimizer="gd", device=self.device)
+        scores = split_scores(tuned, self.data.encoded, self.data.table, eval_tasks, device=self.device)
+        return {int(task): {key: float(values[task]) for key, values in scores.items()} for task in eval_tasks}
 
     def route_flops(self, config, projector: Projector, num_pairs: int) -> dict:
         """FLOPs of θ*, the projected gradients and the projector fit (the subset fits are the

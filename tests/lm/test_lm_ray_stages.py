@@ -194,6 +194,15 @@ def test_text_select_verify_fine_tunes_every_alternative(text_run, tmp_path):
             assert per_run == pytest.approx(round(per_run)), strategy  # a fraction of the 6 test examples
     assert verify["random_sources"]["runs"] == 3 and verify["target_alone"]["sources"] == [[]]
     assert json.loads(run.select_json("vowel").read_text())["verify"] == verify
+    # the estimator's regime: the target's validation loss after full-batch GD, as validate's truth computes it
+    from raytag.lm.finetune import TextFinetune
+
+    regime = result["verify_estimator_regime"]
+    assert set(regime) == set(verify)
+    text = TextFinetune(str(run.root))
+    target = text.data.names.index("vowel")
+    truth, _ = text.finetune([target], lr=config.finetune.lr, steps=config.finetune.steps, optimizer="gd", seed=0)
+    assert regime["target_alone"]["val_loss"] == pytest.approx(truth[target], rel=1e-5)
 
 
 def test_task_embeddings_are_the_last_prompt_token_hidden_states(text_run):
