@@ -66,7 +66,7 @@ def fit_task_gradient_projector(task_grads: Sequence[torch.Tensor], layer_shapes
     dropped (relative eigenvalue ``tol``), so the output ``d`` can be a little below the
     request; ``info["task_directions"]`` says how many were kept.
     """
-    grads = [g.double() for g in task_grads]
+    grads = [g.double().cpu() for g in task_grads]  # small dense linear algebra: on the CPU
     n = grads[0].shape[0]
     norms = torch.sqrt(sum((g ** 2).sum(dim=(1, 2)) for g in grads))
     tasks = torch.nonzero(norms > 0).flatten().tolist()

@@ -104,3 +104,18 @@ def test_d_must_leave_room_beyond_one_direction_per_task(tiny_model):
     grads = task_gradients(tiny_model, [(x, task, label, weight)])
     with pytest.raises(ValueError, match=r"project\.d=4 must exceed the number of tasks"):
         fit_task_gradient_projector(grads, linear_layer_shapes(tiny_model.linears), d=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_task_gradient_projector_on_cuda_matches_cpu(tiny_model):
+    x, task, label, weight = training_pairs()
+    shapes = linear_layer_shapes(tiny_model.linears)
+    cpu = fit_task_gradient_projector(task_gradients(tiny_model, [(x, task, label, weight)]), shapes, d=10)
+    gpu_model = tiny_model.to("cuda")
+    grads = task_gradients(gpu_model, [(x.cuda(), task.cuda(), label.cuda(), weight.cuda())])
+    gpu = fit_task_gradient_projector(grads, shapes, d=10)
+    on_gpu = make_pair_projector(gpu_model, gpu)(x.cuda(), task.cuda()).grads.cpu()
+    on_cpu = make_pair_projector(tiny_model.cpu(), cpu)(x, task).grads
+    # the same subspace in possibly other orthonormal coordinates (eigenvector signs): compare inner products
+    torch.testing.assert_close(on_gpu @ on_gpu.T, on_cpu @ on_cpu.T, atol=1e-4, rtol=1e-3)
