@@ -547,7 +547,7 @@ def _one_selection(report: _Report, path: Path) -> str:
                 for k, v in regime.items()]
         parts.append("<p>Under the fine-tune the estimates model (deterministic gradient descent):</p>")
         parts.append(_table(["training set", "validation loss", "test AP", "test F1"], rows, "numeric"))
-    else:
+    if not verify and not regime:
         parts.append(f'<p class="missing">Not verified yet — <code>raytag select --run-dir {escape(str(report.run_dir))} --target {target} --verify</code></p>')
     return "\n".join(parts)
 

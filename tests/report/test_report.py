@@ -315,6 +315,7 @@ def test_selection_summary_averages_verified_targets(tmp_path):
     text = build_report(run).read_text(encoding="utf-8")
     section = re.search(r'<section id="select">(.*?)</section>', text, flags=re.S).group(1)
     assert "Across 2 verified targets" in section  # t3 was never verified
+    assert section.count("Not verified yet") == 1  # only t3's details say so
     assert [f"<details><summary>Target t{i}</summary>" in section for i in (1, 2, 3)] == [True] * 3  # folded per target
     summary = re.search(r"<table.*?</table>", section, flags=re.S).group(0)  # first table, before the per-target ones
     rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", summary))
