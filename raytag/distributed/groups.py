@@ -106,13 +106,19 @@ def finetune_group(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs
     for epoch, state in snapshots.items():
         tasks = eval_tasks[best_epoch == epoch]
         model.load_state_dict(state)
-        rows = np.flatnonzero(np.isin(taskset.split[:, tasks], (VAL, TEST)).any(axis=1))
-        metrics = per_task_metrics(predict(model, _rows(features, rows, device))[:, tasks],
-                                   taskset.labels[rows][:, tasks], taskset.split[rows][:, tasks])
-        for i, task in enumerate(tasks.tolist()):
-            scores[task] = {"best_epoch": epoch, **{key: float(metrics[key][i])
-                                                    for key in ("val_ap", "test_ap", "test_f1")}}
+        for task, entry in _split_scores(model, features, taskset, tasks, device).items():
+            scores[task] = {"best_epoch": epoch, **entry}
     return scores
+
+
+def _split_scores(model: SignMLP, features: np.ndarray, taskset: TaskSet, tasks: np.ndarray,
+                  device) -> dict[int, dict]:
+    """``{task: {"val_ap", "test_ap", "test_f1"}}`` of ``model`` on the validation and test rows of ``tasks``."""
+    rows = np.flatnonzero(np.isin(taskset.split[:, tasks], (VAL, TEST)).any(axis=1))
+    metrics = per_task_metrics(predict(model, _rows(features, rows, device))[:, tasks],
+                               taskset.labels[rows][:, tasks], taskset.split[rows][:, tasks])
+    return {int(task): {key: float(metrics[key][i]) for key in ("val_ap", "test_ap", "test_f1")}
+            for i, task in enumerate(tasks.tolist())}
 
 
 def finetune_group_gd(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs: Pairs, group, *,
@@ -125,12 +131,8 @@ def finetune_group_gd(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pa
     eval_tasks = group if eval_tasks is None else np.unique(np.asarray(eval_tasks, dtype=np.int64))
     model = finetune_subset(copy.deepcopy(theta).cpu(), features, pairs, group, lr=lr, steps=steps)
     losses = per_task_losses(model, features, validation_matrix(pairs, model.num_tasks))
-    rows = np.flatnonzero(np.isin(taskset.split[:, eval_tasks], (VAL, TEST)).any(axis=1))
-    metrics = per_task_metrics(predict(model, _rows(features, rows, "cpu"))[:, eval_tasks],
-                               taskset.labels[rows][:, eval_tasks], taskset.split[rows][:, eval_tasks])
-    return {int(task): {"val_loss": float(losses[task]),
-                        **{key: float(metrics[key][i]) for key in ("val_ap", "test_ap", "test_f1")}}
-            for i, task in enumerate(eval_tasks.tolist())}
+    return {task: {"val_loss": float(losses[task]), **entry}
+            for task, entry in _split_scores(model, features, taskset, eval_tasks, "cpu").items()}
 
 
 def finetune_trial(params: dict) -> dict:
@@ -145,12 +147,12 @@ def finetune_trial(params: dict) -> dict:
     else:
         finetune = functools.partial(finetune_group_gd if gd else finetune_group,
                                      *load_finetune_inputs(params["run_dir"]))
+    settings = ({"lr": params["lr"], "steps": params["steps"]} if gd else
+                {"epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
+                 "batch_size": params["batch_size"]})
     started, cpu_started = time.perf_counter(), time.process_time()
     scores = []
     for group in params["groups"]:
-        settings = ({"lr": params["lr"], "steps": params["steps"]} if gd else
-                    {"epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
-                     "batch_size": params["batch_size"]})
         result = finetune(group, eval_tasks=params.get("eval_tasks"), device=device, **settings)
         scores.append({str(task): value for task, value in result.items()})
         tasks_trained(len(group))
