@@ -15,7 +15,7 @@ the top singular directions of the per-sample gradient matrix hold most of it. T
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -138,23 +138,33 @@ def fit_kfac_projector(model: nn.Module, x: torch.Tensor, task_idx: torch.Tensor
         importance = [eo.eigenvalues.clamp_min(0)[:, None] * ei.eigenvalues.clamp_min(0)[None, :]
                       for eo, ei in zip(eig_out, eig_in)]
 
+    layers, captured = top_components(importance, [e.eigenvectors for e in eig_out],
+                                      [e.eigenvectors for e in eig_in], d)
+    info = {"source": "kfac", "eigenvalue_correction": bool(eigenvalue_correction),
+            "n_fit_pairs": int(x.shape[0]), "fit_energy_captured": round(captured, 6)}
+    return KroneckerProjector(stack.shapes, [ro.float().cpu().numpy() for ro, _, _ in layers],
+                              [ri.float().cpu().numpy() for _, ri, _ in layers],
+                              [(i.cpu().numpy(), j.cpu().numpy()) for _, _, (i, j) in layers], info)
+
+
+def top_components(importance: Sequence[torch.Tensor], out_bases: Sequence[torch.Tensor],
+                   in_bases: Sequence[torch.Tensor], k: int) -> tuple[list, float]:
+    """The ``k`` components ``(i, j)`` — ``out_bases[l][:, i] ⊗ in_bases[l][:, j]`` — with the
+    largest ``importance[l][i, j]`` over all layers. Per layer ``(R_out rows, R_in rows,
+    (I, J))`` as ``KroneckerProjector`` takes them, most important first; and the share of the
+    total importance the kept components hold."""
     flat = torch.cat([m.reshape(-1) for m in importance])
-    keep = torch.topk(flat, d).indices
+    keep = torch.topk(flat, k).indices
     offsets = np.cumsum([0] + [m.numel() for m in importance])
-    r_out, r_in, pairs = [], [], []
+    layers = []
     for l, m in enumerate(importance):
         local = keep[(keep >= offsets[l]) & (keep < offsets[l + 1])] - int(offsets[l])
         local = local[torch.argsort(m.reshape(-1)[local], descending=True)]
         i, j = local // m.shape[1], local % m.shape[1]
         rows_out, i_pos = torch.unique(i, return_inverse=True)
         rows_in, j_pos = torch.unique(j, return_inverse=True)
-        r_out.append(eig_out[l].eigenvectors[:, rows_out].T.float().cpu().numpy())
-        r_in.append(eig_in[l].eigenvectors[:, rows_in].T.float().cpu().numpy())
-        pairs.append((i_pos.cpu().numpy(), j_pos.cpu().numpy()))
-    captured = float(flat[keep].sum() / flat.sum().clamp_min(1e-300))
-    info = {"source": "kfac", "eigenvalue_correction": bool(eigenvalue_correction),
-            "n_fit_pairs": int(x.shape[0]), "fit_energy_captured": round(captured, 6)}
-    return KroneckerProjector(stack.shapes, r_out, r_in, pairs, info)
+        layers.append((out_bases[l][:, rows_out].T, in_bases[l][:, rows_in].T, (i_pos, j_pos)))
+    return layers, float(flat[keep].sum() / flat.sum().clamp_min(1e-300))
 
 
 def subspace_energy(grads: torch.Tensor, projector) -> float:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from raytag.grads.fast import LinearStack, layer_factors
+from raytag.grads.informed import top_components
 from raytag.grads.projectors import KroneckerProjector
 
 TaskBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x, task_idx, label, weight
@@ -82,22 +82,15 @@ def fit_task_gradient_projector(task_grads: Sequence[torch.Tensor], layer_shapes
         in_basis = torch.linalg.eigh(torch.einsum("toi,toj->ij", g, g)).eigenvectors
         energy = (torch.einsum("oa,toi,ib->tab", out_basis, g, in_basis) ** 2).sum(0)
         bases.append((out_basis, in_basis, energy))
-    flat = torch.cat([e.reshape(-1) for _, _, e in bases])
-    shared = torch.topk(flat, d - len(tasks)).indices
-    offsets = np.cumsum([0] + [e.numel() for _, _, e in bases])
+    shared_layers, shared_captured = top_components([e for _, _, e in bases], [o for o, _, _ in bases],
+                                                    [i for _, i, _ in bases], d - len(tasks))
 
     r_out, r_in, pairs, grams, task_weights, shared_rows = [], [], [], [], [], []
-    raw = 0
-    for l, ((out_basis, in_basis, energy), g) in enumerate(zip(bases, grads)):
-        local = shared[(shared >= offsets[l]) & (shared < offsets[l + 1])] - int(offsets[l])
-        i, j = local // energy.shape[1], local % energy.shape[1]
-        out_rows, i_pos = torch.unique(i, return_inverse=True)
-        in_rows, j_pos = torch.unique(j, return_inverse=True)
-        ro, ri = [out_basis[:, out_rows].T], [in_basis[:, in_rows].T]
-        pi, pj = [i_pos], [j_pos]
-        weights = []                                   # (raw coordinate, task, singular value)
-        shared_rows.append(torch.arange(raw, raw + len(local)))
-        k_out, k_in, position = len(out_rows), len(in_rows), raw + len(local)
+    raw = 0                                            # raw coordinates so far; task_weights: (raw, task, σ)
+    for (shared_out, shared_in, (i_pos, j_pos)), g in zip(shared_layers, grads):
+        ro, ri, pi, pj = [shared_out], [shared_in], [i_pos], [j_pos]
+        shared_rows.append(torch.arange(raw, raw + len(i_pos)))
+        k_out, k_in, position = shared_out.shape[0], shared_in.shape[0], raw + len(i_pos)
         for t in tasks:
             u, s, vh = torch.linalg.svd(g[t], full_matrices=False)
             keep = s > tol * float(norms[t])
@@ -106,14 +99,13 @@ def fit_task_gradient_projector(task_grads: Sequence[torch.Tensor], layer_shapes
             ri.append(vh)
             pi.append(torch.arange(k_out, k_out + len(s)))
             pj.append(torch.arange(k_in, k_in + len(s)))
-            weights += [(position + c, t, float(s[c])) for c in range(len(s))]
+            task_weights += [(position + c, t, float(s[c])) for c in range(len(s))]
             k_out, k_in, position = k_out + len(s), k_in + len(s), position + len(s)
         ro, ri, pi, pj = torch.cat(ro), torch.cat(ri), torch.cat(pi), torch.cat(pj)
         r_out.append(ro)
         r_in.append(ri)
         pairs.append((pi, pj))
         grams.append((ro @ ro.T)[pi][:, pi] * (ri @ ri.T)[pj][:, pj])   # inner products of the rank-1 rows
-        task_weights += weights
         raw = position
 
     gram = torch.block_diag(*grams)                                   # [raw, raw]
@@ -123,7 +115,8 @@ def fit_task_gradient_projector(task_grads: Sequence[torch.Tensor], layer_shapes
     directions = directions[:, tasks]
     shared_idx = torch.cat(shared_rows)
     along_shared = (gram @ directions)[shared_idx]                    # shared coordinates of each direction
-    residual = directions.T @ gram @ directions - along_shared.T @ along_shared
+    task_gram = directions.T @ gram @ directions
+    residual = task_gram - along_shared.T @ along_shared
     eigenvalues, vectors = torch.linalg.eigh(residual)
     keep = eigenvalues > tol * float(eigenvalues.max().clamp_min(1e-300))
     whiten = vectors[:, keep] / eigenvalues[keep].sqrt()
@@ -136,8 +129,7 @@ def fit_task_gradient_projector(task_grads: Sequence[torch.Tensor], layer_shapes
     total = float(sum((g ** 2).sum() for g in grads))
     info = {"source": "taskgrad", "rank": int(rank), "task_directions": int(keep.sum()),
             "shared_dims": int(len(shared_idx)),
-            "shared_energy_captured": round(float(flat[shared].sum()) / max(total, 1e-300), 6),
-            "rank_energy_captured": round(float(torch.trace(directions.T @ gram @ directions))
-                                          / max(total, 1e-300), 6)}
+            "shared_energy_captured": round(shared_captured, 6),
+            "rank_energy_captured": round(float(torch.trace(task_gram)) / max(total, 1e-300), 6)}
     return KroneckerProjector(layer_shapes, [r.float().numpy() for r in r_out], [r.float().numpy() for r in r_in],
                               [(i.numpy(), j.numpy()) for i, j in pairs], info, mix=mix.float().numpy())
