@@ -100,7 +100,7 @@ def demo(run_dir: str = typer.Option("runs/dblp-demo", "--run-dir", "-r", help="
 def select(run_dir: str = RUN_DIR,
            target: List[str] = typer.Option([], "--target", "-t", help="Target task name (repeatable; default: select.targets, else the first task)."),
            budget: Optional[int] = typer.Option(None, "--budget", "-k", help="Auxiliary tasks to choose (default: select.budget)."),
-           verify: bool = typer.Option(False, "--verify", help="Really fine-tune target+chosen against alone, random and similarity-ranked sources (seeded Adam, and the estimator's deterministic GD regime)."),
+           verify: bool = typer.Option(False, "--verify", help="Really fine-tune target+chosen against alone, random and similarity-ranked sources (seeded Adam from groups.init, and the estimator's deterministic GD regime from θ*)."),
            set_: List[str] = SET, address: Optional[str] = ADDRESS) -> None:
     """GradEx source selection: the auxiliary tasks worth adding to a target task."""
     from raytag.data.tasks import TaskSet

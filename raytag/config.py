@@ -185,7 +185,13 @@ class ClusterConfig(_Section):
 
 
 class GroupsConfig(_Section):
-    epochs: int = Field(10, gt=0, description="Epochs of each per-group fine-tune from the meta-initialization.")
+    init: Literal["theta_star", "scratch"] = Field(
+        "theta_star",
+        description="Where each per-group model and each `select --verify` fine-tune starts: theta_star (a copy of "
+                    "the multitask model θ*) or scratch (fresh weights — Grad-TAG's one model per group; for text "
+                    "runs, fresh LoRA weights on the base). θ* has already learned every task, which mutes the "
+                    "effect of what a group holds; from scratch give it more epochs (e.g. groups.epochs=30).")
+    epochs: int = Field(10, gt=0, description="Epochs of each per-group fine-tune (Adam, minibatches).")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate of per-group fine-tunes.")
     seeds: int = Field(2, gt=0, description="Seeds per strategy (noise is reported).")
     single_task_limit: int = Field(100, gt=0, description="Train the single-task baseline for at most this many tasks.")

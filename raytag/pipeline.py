@@ -336,8 +336,9 @@ STAGES: list[Stage] = [
           help="Really fine-tune θ* on sampled subsets (Ray Tune) and score the estimates against them."),
     Stage("groups", ("groups",), _groups, upstream="cluster", needs_ray=True, in_run=False,
           scratch=("groups_trials", "ray_results/groups"),
-          help="Train one model per group (Ray Tune) against all-in-one, single-task and random groups; "
-               "also in the estimator's own regime (deterministic GD of finetune.*)."),
+          help="Train one model per group (Ray Tune; from θ*, or from scratch with groups.init=scratch) against "
+               "all-in-one, single-task and random groups; also in the estimator's own regime (deterministic GD "
+               "of finetune.* from θ*)."),
     Stage("report", (), _report, always=True, help="Write report/report.html (self-contained) with the figures."),
 ]
 STAGE_NAMES = [stage.name for stage in STAGES]

@@ -63,9 +63,11 @@ def load_finetune_inputs(run_root: str) -> tuple[SignMLP, np.ndarray, TaskSet, P
 
 def finetune_group(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs: Pairs, group, *,
                    epochs: int, lr: float, seed: int, batch_size: int = FINETUNE_BATCH_SIZE,
-                   eval_tasks=None, device: str | torch.device = "cpu") -> dict[int, dict]:
-    """Fine-tune a copy of θ* on ``group``'s training pairs and score each of ``eval_tasks``
-    (default: the group) at its own best epoch.
+                   eval_tasks=None, from_scratch: bool = False,
+                   device: str | torch.device = "cpu") -> dict[int, dict]:
+    """Fine-tune a copy of θ* (``from_scratch``: a model of θ*'s shape with fresh weights drawn
+    from ``seed``) on ``group``'s training pairs and score each of ``eval_tasks`` (default: the
+    group) at its own best epoch.
 
     Every epoch scores the full validation split (AP per task); the model of each epoch that is
     some task's best so far is kept, and only those epochs are scored on the test split — so a
@@ -76,7 +78,10 @@ def finetune_group(theta: SignMLP, features: np.ndarray, taskset: TaskSet, pairs
     group = np.unique(np.asarray(group, dtype=np.int64))
     eval_tasks = group if eval_tasks is None else np.unique(np.asarray(eval_tasks, dtype=np.int64))
     torch.manual_seed(seed)
-    model = copy.deepcopy(theta).to(device)
+    model = copy.deepcopy(theta)
+    if from_scratch:
+        model.reset_parameters()
+    model = model.to(device)
     train = PairMatrix.build(pairs, TRAIN, group, model.num_tasks)
     x_train = _rows(features, train.rows, device)
     labels, weights = train.labels.to(device), train.weights.to(device)
@@ -149,7 +154,7 @@ def finetune_trial(params: dict) -> dict:
                                      *load_finetune_inputs(params["run_dir"]))
     settings = ({"lr": params["lr"], "steps": params["steps"]} if gd else
                 {"epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
-                 "batch_size": params["batch_size"]})
+                 "batch_size": params["batch_size"], "from_scratch": params["from_scratch"]})
     started, cpu_started = time.perf_counter(), time.process_time()
     scores = []
     for group in params["groups"]:
@@ -164,13 +169,15 @@ def finetune_jobs(run: RunDir, config: RaytagConfig, label: str, seed: int, grou
                   eval_tasks: list[int] | None = None, gpu: bool = False, estimator_regime: bool = False) -> dict:
     """A trial's params; its id carries a hash of everything that changes the result, so a
     cached result is reused only for the same θ*, groups and settings. ``estimator_regime``:
-    the deterministic GD fine-tune of ``finetune.*`` instead of ``groups.*`` Adam."""
+    the deterministic GD fine-tune of ``finetune.*`` from θ* instead of ``groups.*`` Adam from
+    ``groups.init``."""
     text = config.data.format == "text"
     if estimator_regime:
         settings = {"optimizer": "gd", "lr": config.finetune.lr, "steps": config.finetune.steps}
     else:
         settings = {"epochs": config.groups.epochs, "lr": config.groups.lr,
-                    "batch_size": config.lm.batch_size if text else FINETUNE_BATCH_SIZE, "seed": int(seed)}
+                    "batch_size": config.lm.batch_size if text else FINETUNE_BATCH_SIZE, "seed": int(seed),
+                    "from_scratch": config.groups.init == "scratch"}
     groups = [sorted(int(t) for t in group) for group in groups]
     theta = lm_adapter_file(run) if text else run.checkpoint
     digest = config_hash({"theta": file_hash(theta), "groups": groups, "eval_tasks": eval_tasks, **settings})
@@ -254,8 +261,9 @@ def evaluate_groupings(run: RunDir, config: RaytagConfig) -> dict:
         "groups": [[names[t] for t in group] for group in groups],
         "margins": margins,
         "noise": _noise(strategies, len(seeds)),
-        "settings": {"epochs": config.groups.epochs, "lr": config.groups.lr, "batch_size": FINETUNE_BATCH_SIZE,
-                     "optimizer": "adam", "epoch_choice": "each task's best validation AP"},
+        "settings": {"init": config.groups.init, "epochs": config.groups.epochs, "lr": config.groups.lr,
+                     "batch_size": FINETUNE_BATCH_SIZE, "optimizer": "adam",
+                     "epoch_choice": "each task's best validation AP"},
         "notes": notes,
         "seconds": time.perf_counter() - started,
     }

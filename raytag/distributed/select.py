@@ -5,7 +5,8 @@ plus many random source subsets; sources are ranked by their mean marginal effec
 by greedy forward selection against the estimator. The baselines GradEx compares against rank
 sources by cosine similarity to the target: of the mean projected training-loss gradients, and
 of the mean trunk embeddings of the training positives. ``verify`` really fine-tunes the
-target with each choice (the same Adam procedure as ``groups``) and scores the target on test.
+target with each choice (the same Adam procedure as ``groups``, from θ* or from scratch as
+``groups.init`` says) and scores the target on test.
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def select_sources(run: RunDir, config: RaytagConfig, target: str, budget: int |
             "representation_cosine": [representation["ranking"][:budget]],
         }
         result["verify"] = _verify(run, config, t, alternatives, names)
+        result["verify_settings"] = {"init": config.groups.init, "epochs": config.groups.epochs,
+                                     "lr": config.groups.lr, "seeds": config.groups.seeds,
+                                     "optimizer": "adam", "epoch_choice": "the target's best validation epoch"}
         result["verify_estimator_regime"] = _verify(run, config, t, alternatives, names, estimator_regime=True)
     result["seconds"] = time.perf_counter() - started
     atomic_write_json(run.select_json(target), result)
@@ -107,7 +111,7 @@ def select_sources(run: RunDir, config: RaytagConfig, target: str, budget: int |
 
 def _verify(run: RunDir, config: RaytagConfig, t: int, alternatives: dict[str, list[list[int]]],
             names: list[str], estimator_regime: bool = False) -> dict:
-    """Fine-tune target + each source set from θ* and score the target on test: one Tune trial
+    """Fine-tune target + each source set (from ``groups.init``) and score the target on test: one Tune trial
     per seed runs every alternative (each is short; trial start-up would dominate).
     ``estimator_regime``: the deterministic GD fine-tune the estimates model (one trial; the
     scores add the target's validation loss)."""

@@ -21,6 +21,7 @@ from raytag.grads.exact import eval_mode
 from raytag.lm.scoring import causal_lm, margins, task_mean_bce
 from raytag.lm.tasks import TEST, TRAIN, VAL
 from raytag.lm.tokenize import CandidateBatch, EncodedExamples
+from raytag.models.lm import reset_lora
 
 
 @dataclass(frozen=True)
@@ -283,9 +284,10 @@ def _full_batch_descent(model: nn.Module, encoded: EncodedExamples, table: Examp
 
 
 def finetune_group(model: nn.Module, encoded: EncodedExamples, table: ExampleTable, group, *, epochs: int,
-                   lr: float, seed: int, batch_size: int, eval_tasks=None,
+                   lr: float, seed: int, batch_size: int, eval_tasks=None, from_scratch: bool = False,
                    device: torch.device | str = "cpu") -> dict[int, dict]:
-    """Seeded minibatch Adam from a copy of θ* on ``group``'s training examples, each of
+    """Seeded minibatch Adam from a copy of θ* (``from_scratch``: fresh LoRA weights drawn from
+    ``seed`` on the same base) on ``group``'s training examples, each of
     ``eval_tasks`` (default: the group) scored at its own best epoch by validation loss — the text
     counterpart of the graph ``finetune_group`` (accuracy instead of AP: a multi-way example's
     label is always 1, so AP says nothing there). Returns ``{task: {"best_epoch", "val_loss",
@@ -293,7 +295,10 @@ def finetune_group(model: nn.Module, encoded: EncodedExamples, table: ExampleTab
     group = np.unique(np.asarray(group, dtype=np.int64))
     eval_tasks = group if eval_tasks is None else np.unique(np.asarray(eval_tasks, dtype=np.int64))
     torch.manual_seed(seed)
-    tuned = copy.deepcopy(model).to(device)
+    tuned = copy.deepcopy(model)
+    if from_scratch:
+        reset_lora(tuned)
+    tuned = tuned.to(device)
     adam = torch.optim.Adam([p for p in tuned.parameters() if p.requires_grad], lr=lr)
     train = np.flatnonzero((table.split == TRAIN) & np.isin(table.task, group))
     best: dict[int, dict] = {}

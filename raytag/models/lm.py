@@ -13,6 +13,7 @@ and the adapter), ``adapter.safetensors`` (LoRA weights) and, for the random tin
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -88,6 +89,17 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets=DEFAU
                 if "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=generator) * init_scale)
     return lora
+
+
+def reset_lora(model: nn.Module) -> None:
+    """Fresh LoRA weights as peft initializes them (A Kaiming-uniform from the global torch RNG,
+    B zero): the model is the base model again, with a new random adapter direction."""
+    with torch.no_grad():
+        for name, module in lora_linears(model):
+            if ".lora_B." in f".{name}.":
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
 
 
 def lora_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:

@@ -36,6 +36,11 @@ class SignMLP(nn.Module):
                 x = nn.functional.dropout(x, self.dropout, self.training)
         return self.linears[-1](x)
 
+    def reset_parameters(self) -> None:
+        """Fresh weights from the global torch RNG (a group model trained from scratch)."""
+        for layer in self.linears:
+            layer.reset_parameters()
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's output (input of the task head), used for representation similarity."""
         for layer in self.linears[:-1]:

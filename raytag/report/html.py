@@ -305,6 +305,10 @@ def _strategies(report: _Report) -> str:
     )
     parts.append(report.figure("strategies.png", png, "mean test AP and F1 per strategy"))
     notes = [f"seeds: {_num(evaluation.get('seeds'))}"]
+    settings = evaluation.get("settings") or {}
+    if settings.get("epochs") is not None:
+        notes.append(f"each model: {_num(settings.get('epochs'))} Adam epochs at lr {_num(settings.get('lr'))} "
+                     f"{_init_label(settings.get('init'))}")
     if evaluation.get("notes"):
         listed = evaluation["notes"] if isinstance(evaluation["notes"], list) else [evaluation["notes"]]
         notes.append("; ".join(escape(str(note)) for note in listed))
@@ -471,12 +475,26 @@ def _source_selection(report: _Report) -> str:
     if len(paths) == 1:
         return _one_selection(report, paths[0])
     selections = [report.json(path.name) for path in paths]
+    init = next((s["verify_settings"].get("init") for s in selections if s.get("verify_settings")), None)
     summaries = [_selection_summary([s.get("verify") or {} for s in selections],
-                                    "seeded minibatch Adam fine-tunes (groups.epochs, groups.lr)"),
+                                    f"seeded minibatch Adam fine-tunes {_init_label(init)} (groups.epochs, groups.lr)"),
                  _selection_summary([s.get("verify_estimator_regime") or {} for s in selections],
                                     "the fine-tune the estimates model (deterministic full-batch gradient descent)")]
     details = [_details(f"Target {path.stem.removeprefix('select_')}", _one_selection(report, path)) for path in paths]
     return "\n".join([*summaries, *details])
+
+
+def _init_label(init: str | None) -> str:
+    """How ``groups.init`` reads in a sentence (runs written before the setting existed started from θ*)."""
+    return "from scratch (fresh weights)" if init == "scratch" else "from θ*"
+
+
+def _verify_metrics(verifies: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
+    """``(key, label, higher is better)`` of the test metrics a verification holds: AP and F1
+    for graph tasks, accuracy and loss for text tasks."""
+    if any("test_ap" in entry for verify in verifies for entry in verify.values()):
+        return [("test_ap", "test AP", True), ("test_f1", "test F1", True)]
+    return [("test_accuracy", "test accuracy", True), ("test_loss", "test loss", False)]
 
 
 def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> str:
@@ -487,6 +505,7 @@ def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> st
     if len(verified) < 2:
         return ""
     strategies = list(dict.fromkeys(key for verify in verified for key in verify))
+    (primary, primary_label, _), (secondary, secondary_label, _) = metrics = _verify_metrics(verified)
     with_loss = any("val_loss" in entry for verify in verified for entry in verify.values())
     rows = []
     def metric(verify: Mapping[str, Any], key: str, name: str) -> float | None:
@@ -494,7 +513,7 @@ def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> st
 
     def mean_of(key: str, name: str) -> str:
         values = [x for x in (metric(v, key, name) for v in verified) if x is not None]
-        return _num(float(np.mean(values)), 4 if name == "val_loss" else 3) if values else "—"
+        return _num(float(np.mean(values)), 4 if name.endswith("loss") else 3) if values else "—"
 
     def versus(key: str, name: str, lower_is_better: bool = False) -> str:
         margins = [metric(v, "chosen", name) - metric(v, key, name) for v in verified
@@ -505,12 +524,15 @@ def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> st
         return f"{_signed(float(np.mean(margins)))} ({wins}/{len(margins)})"
 
     for key in strategies:
-        targets = sum(metric(v, key, "test_ap") is not None for v in verified)
-        row = [escape(key), str(targets), mean_of(key, "test_ap"), mean_of(key, "test_f1"), versus(key, "test_ap")]
+        targets = sum(metric(v, key, primary) is not None for v in verified)
+        row = [escape(key), str(targets), mean_of(key, primary), mean_of(key, secondary),
+               versus(key, primary, lower_is_better=not metrics[0][2])]
         if with_loss:
             row += [mean_of(key, "val_loss"), versus(key, "val_loss", lower_is_better=True)]
         rows.append(row)
-    headers = ["training set", "targets", "mean test AP", "mean test F1", "chosen − this, AP (targets where chosen is higher)"]
+    better = "higher" if metrics[0][2] else "lower"
+    headers = ["training set", "targets", f"mean {primary_label}", f"mean {secondary_label}",
+               f"chosen − this, {primary_label} (targets where chosen is {better})"]
     if with_loss:
         headers += ["mean validation loss", "chosen − this, loss (targets where chosen is lower)"]
     return (f"<p>Across {len(verified)} verified targets, {escape(regime)} (mean of each target's metrics):</p>"
@@ -535,18 +557,27 @@ def _one_selection(report: _Report, path: Path) -> str:
         parts.append(table)
     verify = selection.get("verify")
     if verify:
-        best = max(verify, key=lambda k: _number(verify[k].get("test_ap")) or -math.inf)
-        verify_rows = [
-            [f"<b>{escape(k)}</b>" if k == best else escape(k), _num(v.get("test_ap")), _num(v.get("test_f1"))] for k, v in verify.items()
-        ]
-        parts.append("<p>Verified by fine-tuning (target task's test metrics; best AP in bold):</p>")
-        parts.append(_table(["training set", "test AP", "test F1"], verify_rows, "numeric"))
+        metrics = _verify_metrics([verify])
+        key, label, higher_is_better = metrics[0]
+        def ranked(name: str) -> float:
+            value = _number(verify[name].get(key))
+            return -math.inf if value is None else value if higher_is_better else -value
+
+        best = max(verify, key=ranked)
+        verify_rows = [[f"<b>{escape(k)}</b>" if k == best else escape(k),
+                        *(_num(v.get(name), 4 if name.endswith("loss") else 3) for name, _, _ in metrics)]
+                       for k, v in verify.items()]
+        init = _init_label((selection.get("verify_settings") or {}).get("init"))
+        parts.append(f"<p>Verified by fine-tuning {init} (target task's test metrics; best {label} in bold):</p>")
+        parts.append(_table(["training set", *(name for _, name, _ in metrics)], verify_rows, "numeric"))
     regime = selection.get("verify_estimator_regime")
     if regime:
-        rows = [[escape(k), _num(v.get("val_loss"), 4), _num(v.get("test_ap")), _num(v.get("test_f1"))]
+        metrics = _verify_metrics([regime])
+        rows = [[escape(k), _num(v.get("val_loss"), 4),
+                 *(_num(v.get(name), 4 if name.endswith("loss") else 3) for name, _, _ in metrics)]
                 for k, v in regime.items()]
-        parts.append("<p>Under the fine-tune the estimates model (deterministic gradient descent):</p>")
-        parts.append(_table(["training set", "validation loss", "test AP", "test F1"], rows, "numeric"))
+        parts.append("<p>Under the fine-tune the estimates model (deterministic gradient descent from θ*):</p>")
+        parts.append(_table(["training set", "validation loss", *(name for _, name, _ in metrics)], rows, "numeric"))
     if not verify and not regime:
         parts.append(f'<p class="missing">Not verified yet — <code>raytag select --run-dir {escape(str(report.run_dir))} --target {target} --verify</code></p>')
     return "\n".join(parts)

@@ -9,6 +9,7 @@ from run_helpers import copy_run, independent_gd_truth
 from raytag.data.tasks import TaskSet
 from raytag.distributed.groups import LEARNED, evaluate_groupings, finetune_group, load_finetune_inputs
 from raytag.evaluation import per_task_metrics
+from raytag.models import SignMLP
 from raytag.models.finetune import PairMatrix
 from raytag.models.training import predict, train_epoch
 
@@ -45,6 +46,22 @@ def test_finetune_group_equals_full_evaluation_reference(tiny_run):
         assert got[task]["test_f1"] == pytest.approx(want[task]["test_f1"], abs=1e-9)
     # θ* itself is untouched (every strategy starts from the same weights)
     assert torch.equal(theta.linears[0].weight, load_finetune_inputs.__wrapped__(str(run.root))[0].linears[0].weight)
+
+
+def test_finetune_group_from_scratch_trains_a_fresh_model_of_the_same_shape(tiny_run):
+    run, _ = tiny_run
+    theta, features, taskset, pairs = load_finetune_inputs(str(run.root))
+    group = [0, 3]
+    got = finetune_group(theta, features, taskset, pairs, group, epochs=3, lr=3e-3, seed=7, batch_size=64,
+                         from_scratch=True)
+    torch.manual_seed(7)  # a SignMLP built under the same seed draws the same fresh weights
+    fresh = SignMLP(theta.in_dim, theta.hidden_dims, theta.num_tasks, theta.dropout)
+    want = reference_finetune(fresh, features, taskset, pairs, group, epochs=3, lr=3e-3, seed=7, batch_size=64)
+    from_theta = finetune_group(theta, features, taskset, pairs, group, epochs=3, lr=3e-3, seed=7, batch_size=64)
+    for task in group:
+        assert got[task]["test_ap"] == pytest.approx(want[task]["test_ap"], abs=1e-9)
+        assert got[task]["best_epoch"] == want[task]["best_epoch"]
+    assert any(got[t]["test_ap"] != from_theta[t]["test_ap"] for t in group)  # θ*'s weights were not used
 
 
 def test_groups_eval_strategies_margins_and_resume(tiny_run, tmp_path):

@@ -89,3 +89,32 @@ def test_linearized_estimate_matches_a_real_lora_finetune(text_run):
     true_delta, predicted_delta = true - base, predicted - base
     assert np.abs(true_delta).mean() > 1e-4  # the fine-tune moved the losses
     assert np.abs(predicted_delta - true_delta).mean() < 0.2 * np.abs(true_delta).mean()
+
+
+def test_reset_lora_gives_the_base_model_and_a_fresh_seeded_adapter(tiny_text):
+    import math
+
+    import torch
+
+    from raytag.models.lm import lora_linears, reset_lora
+
+    encoded, _, tokenizer = tiny_text
+    model = tiny_lora_model(tokenizer.vocab_size, rank=2)  # random B: the adapter changes the margins
+    examples = np.arange(8)
+    with model.disable_adapter():
+        base = predict_margins(model, encoded, examples)
+    assert not np.allclose(predict_margins(model, encoded, examples), base)
+    torch.manual_seed(3)
+    reset_lora(model)
+    np.testing.assert_allclose(predict_margins(model, encoded, examples), base, atol=1e-6)
+    a_weights = {name: module.weight.clone() for name, module in lora_linears(model) if ".lora_A." in f".{name}."}
+    assert len(a_weights) == len(lora_linears(model)) // 2
+    for name, module in lora_linears(model):
+        if name in a_weights:  # peft's init: Kaiming-uniform with a=√5, i.e. U(±1/√fan_in)
+            bound = 1 / math.sqrt(module.weight.shape[1])
+            assert 0.5 * bound < module.weight.abs().max().item() <= bound
+        else:
+            assert torch.count_nonzero(module.weight) == 0
+    torch.manual_seed(3)
+    reset_lora(model)
+    assert all(torch.equal(module.weight, a_weights[name]) for name, module in lora_linears(model) if name in a_weights)

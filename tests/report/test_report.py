@@ -375,3 +375,44 @@ def test_estimator_regime_tables_for_groups_and_selection(tmp_path):
             if cells}
     # chosen − random loss: (−0.2, +0.1) → mean −0.050, lower on 1 of 2 targets
     assert rows["random_sources"][-2:] == ["1.5500", "-0.050 (1/2)"]
+
+
+def test_text_selection_shows_accuracy_and_loss_and_the_fine_tune_start(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    verified = {"t1": {"chosen": (0.70, 0.61), "target_alone": (0.60, 0.65), "random_sources": (0.65, 0.60)},
+                "t2": {"chosen": (0.50, 0.70), "target_alone": (0.55, 0.72), "random_sources": (0.40, 0.75)}}
+    for target, verify in verified.items():
+        (run / f"select_{target}.json").write_text(json.dumps({
+            "target": target, "budget": 2, "chosen": ["a", "b"],
+            "verify_settings": {"init": "scratch", "epochs": 30, "lr": 0.003},
+            "verify": {key: {"test_accuracy": acc, "test_loss": loss} for key, (acc, loss) in verify.items()}}))
+    section = re.search(r'<section id="select">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
+                        flags=re.S).group(1)
+    assert "Across 2 verified targets, seeded minibatch Adam fine-tunes from scratch (fresh weights)" in section
+    assert "test AP" not in section
+    summary = re.search(r"<table.*?</table>", section, flags=re.S).group(0)
+    assert "<th>mean test accuracy</th><th>mean test loss</th>" in summary
+    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", summary))
+            if cells}
+    # chosen − random accuracy: (+0.05, +0.10) → +0.075, higher on both targets; mean loss (0.60 + 0.75) / 2
+    assert rows["random_sources"] == ["2", "0.525", "0.6750", "+0.075 (2/2)"]
+    first = re.search(r"<summary>Target t1</summary>(.*?)</details>", section, flags=re.S).group(1)
+    assert "Verified by fine-tuning from scratch (fresh weights)" in first and "best test accuracy in bold" in first
+    assert "<td><b>chosen</b></td><td>0.700</td><td>0.6100</td>" in first
+
+
+def test_groups_note_says_where_the_group_models_start(tmp_path):
+    run = tmp_path / "run"
+    write_fake_run(run)
+    evaluation = json.loads((run / "groups_eval.json").read_text())
+    evaluation["settings"] = {"init": "scratch", "epochs": 30, "lr": 0.003}
+    (run / "groups_eval.json").write_text(json.dumps(evaluation))
+    section = re.search(r'<section id="strategies">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
+                        flags=re.S).group(1)
+    assert "each model: 30 Adam epochs at lr 0.003 from scratch (fresh weights)" in section
+    evaluation["settings"] = {"epochs": 10, "lr": 0.003}  # written before groups.init existed
+    (run / "groups_eval.json").write_text(json.dumps(evaluation))
+    section = re.search(r'<section id="strategies">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
+                        flags=re.S).group(1)
+    assert "each model: 10 Adam epochs at lr 0.003 from θ*" in section
