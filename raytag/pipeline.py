@@ -251,13 +251,10 @@ def _cluster(run: RunDir, config: RaytagConfig, force: bool = False) -> None:
 def _grouping_recommendation(run: RunDir, config: RaytagConfig, groups: list[list[int]], names: list[str],
                              random_draws: int = 5) -> dict:
     """Does splitting help? The estimator predicts each task's validation loss when fine-tuned
-    with its group, with all tasks, and with random groups of the same sizes.
-
-    Against all tasks the comparison favours any split (a task's share of each step grows as
-    its group shrinks), so splitting is recommended only when the groups also beat random
-    groups of the same sizes for most tasks — i.e. when the affinity structure itself pays.
-    """
+    with its group, with all tasks, and with random groups of the same sizes; the verdict is
+    :func:`raytag.cluster.recommend.recommend_split`'s."""
     from raytag.cluster import random_grouping
+    from raytag.cluster.recommend import recommend_split
 
     estimator = make_estimator(config).fit(load_gradient_data(run))
     n = len(names)
@@ -276,19 +273,7 @@ def _grouping_recommendation(run: RunDir, config: RaytagConfig, groups: list[lis
             losses[which, group] = predicted[index, group]
             index += 1
     ours, random, all_in_one = losses[0], losses[1:].mean(axis=0), predicted[-1]
-    gain_all, gain_random = all_in_one - ours, random - ours  # positive: our groups are predicted better
-    wins_all, wins_random = int(np.sum(gain_all > 0)), int(np.sum(gain_random > 0))
-    split = wins_all > n / 2 and wins_random > n / 2 and np.nanmean(gain_random) > 0
-    reason = (f"predicted lower validation loss than one all-task model for {wins_all}/{n} tasks "
-              f"(mean {np.nanmean(gain_all):+.4f}) and than random groups of the same sizes for {wins_random}/{n} "
-              f"(mean {np.nanmean(gain_random):+.4f}); "
-              + ("train one model per group" if split else "the groups add nothing over an arbitrary split — "
-                                                           "train one all-task model"))
-    return {"split": bool(split), "predicted_gain": float(np.nanmean(gain_all)),
-            "predicted_gain_vs_random": float(np.nanmean(gain_random)), "tasks_improved": wins_all,
-            "tasks_improved_vs_random": wins_random, "reason": reason,
-            "per_task_gain": dict(zip(names, np.round(gain_all, 6).tolist())),
-            "per_task_gain_vs_random": dict(zip(names, np.round(gain_random, 6).tolist()))}
+    return recommend_split(all_in_one - ours, random - ours, names)
 
 
 def _validate(run: RunDir, config: RaytagConfig, force: bool = False) -> None:

@@ -368,6 +368,8 @@ def _recommendation(report: _Report) -> str:
         gain = _number(recommendation.get("predicted_gain"))
         k = groups.get("k", len(groups.get("groups", [])))
         headline = f"Split the tasks into {_num(k)} groups" if split else "Keep one all-task model"
+        if split and recommendation.get("groups_beat_random") is False:
+            headline += " — any grouping of these sizes does about as well"
         gain_text = f" Predicted gain over one all-task model: <b>{_signed(gain, 4)}</b>." if gain is not None else ""
         reason = str(recommendation.get("reason", "")).strip()
         if reason and reason[-1] not in ".!?":
@@ -709,7 +711,8 @@ def _summary(report: _Report) -> str:
         cards.append(("tasks", _num(len(tasks.get("tasks") or [])), f"regime: {_num(tasks.get('regime'))}"))
     if groups is not None:
         recommendation = groups.get("recommendation") or {}
-        advice = "—" if not recommendation else "split" if recommendation.get("split") else "keep all-in-one"
+        advice = ("—" if not recommendation else "keep all-in-one" if not recommendation.get("split")
+                  else "split (any grouping)" if recommendation.get("groups_beat_random") is False else "split")
         cards.append(("groups", _num(groups.get("k", len(groups.get("groups", [])))), f"{_num(groups.get('method'))}; advice: {advice}"))
     strategies = (evaluation or {}).get("strategies") or {}
     if RAYTAG_STRATEGY in strategies:

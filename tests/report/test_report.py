@@ -416,3 +416,23 @@ def test_groups_note_says_where_the_group_models_start(tmp_path):
     section = re.search(r'<section id="strategies">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
                         flags=re.S).group(1)
     assert "each model: 10 Adam epochs at lr 0.003 from θ*" in section
+
+
+def test_recommendation_headline_says_when_any_grouping_does_as_well(tmp_path):
+    run = tmp_path / "run"
+    write_fake_run(run)
+    groups = json.loads((run / "groups.json").read_text())
+
+    def headline(**fields) -> tuple[str, str]:
+        groups["recommendation"].update(fields)
+        (run / "groups.json").write_text(json.dumps(groups))
+        text = build_report(run).read_text(encoding="utf-8")
+        verdict = re.search(r'<section id="recommendation">.*?<div class="headline">(.*?)</div>', text, flags=re.S).group(1)
+        card = re.search(r"advice: ([^<]*)", text).group(1)
+        return verdict, card
+
+    k = groups["k"]
+    assert headline(split=True, groups_beat_random=True) == (f"Split the tasks into {k} groups", "split")
+    assert headline(split=True, groups_beat_random=False) == (
+        f"Split the tasks into {k} groups — any grouping of these sizes does about as well", "split (any grouping)")
+    assert headline(split=False, groups_beat_random=False) == ("Keep one all-task model", "keep all-in-one")
