@@ -104,7 +104,7 @@ def select(run_dir: str = RUN_DIR,
            set_: List[str] = SET, address: Optional[str] = ADDRESS) -> None:
     """GradEx source selection: the auxiliary tasks worth adding to a target task."""
     from raytag.data.tasks import TaskSet
-    from raytag.distributed.select import select_sources
+    from raytag.distributed.select import select_sources, verify_summary
     from raytag.distributed.session import ensure_ray
 
     run = RunDir(run_dir)
@@ -116,6 +116,8 @@ def select(run_dir: str = RUN_DIR,
         result = select_sources(run, config, name, budget or config.select.budget, verify)
         run.push(run.select_json(name))
         typer.echo(f"{name}: add {', '.join(result['chosen'])}  ->  {run.location_of(run.select_json(name))}")
+        if verify:
+            typer.echo(f"  {verify_summary(result)}")
 
 
 @app.command("config-help")

@@ -109,6 +109,19 @@ def select_sources(run: RunDir, config: RaytagConfig, target: str, budget: int |
     return result
 
 
+def verify_summary(result: dict) -> str | None:
+    """One line for the terminal: the target's test metric under each training set of
+    ``--verify`` (Adam), or None when the selection was not verified."""
+    verify = result.get("verify")
+    if not verify:
+        return None
+    key, label = ("test_ap", "test AP") if "test_ap" in verify["chosen"] else ("test_accuracy", "test accuracy")
+    start = "from scratch" if (result.get("verify_settings") or {}).get("init") == "scratch" else "from θ*"
+    scores = ", ".join(f"{name.replace('_', ' ')} {entry[key]:.3f}" for name, entry in verify.items()
+                       if entry.get(key) is not None)
+    return f"verified ({label}, Adam {start}): {scores}"
+
+
 def _verify(run: RunDir, config: RaytagConfig, t: int, alternatives: dict[str, list[list[int]]],
             names: list[str], estimator_regime: bool = False) -> dict:
     """Fine-tune target + each source set (from ``groups.init``) and score the target on test: one Tune trial

@@ -8,8 +8,8 @@ from run_helpers import copy_run, independent_gd_truth
 from raytag import pipeline
 from raytag.data.pairs import Pairs
 from raytag.data.tasks import TaskSet
-from raytag.distributed.groups import FINETUNE_BATCH_SIZE, finetune_group, load_finetune_inputs
-from raytag.distributed.select import select_sources
+from raytag.distributed.groups import FINETUNE_BATCH_SIZE, finetune_group, finetune_jobs, load_finetune_inputs
+from raytag.distributed.select import select_sources, verify_summary
 from raytag.models import load_model
 
 
@@ -103,6 +103,10 @@ def test_verify_fine_tunes_every_alternative(tiny_run, tmp_path):
         torch.set_num_threads(threads)
     assert verify["chosen"]["test_ap"] == pytest.approx(direct[0]["test_ap"], abs=1e-6)
     assert verify["target_alone"]["test_ap"] != verify["chosen"]["test_ap"]
+    assert result["verify_settings"]["init"] == "theta_star" and result["verify_settings"]["epochs"] == config.groups.epochs
+    line = verify_summary(result)
+    assert line.startswith("verified (test AP, Adam from θ*): chosen ")
+    assert f"target alone {verify['target_alone']['test_ap']:.3f}" in line
 
     # the estimator's regime: the target's validation loss after GD on target + sources, computed another way
     regime = result["verify_estimator_regime"]
@@ -111,3 +115,21 @@ def test_verify_fine_tunes_every_alternative(tiny_run, tmp_path):
         subset = [0, *(names.index(name) for name in sources)]
         truth = independent_gd_truth(run, subset, config.finetune.lr, config.finetune.steps)
         assert regime[strategy]["val_loss"] == pytest.approx(truth[0], rel=1e-4), strategy
+
+
+def test_verify_summary_reads_text_metrics_and_the_start():
+    result = {"verify_settings": {"init": "scratch"},
+              "verify": {"chosen": {"test_accuracy": 0.7, "test_loss": 0.6},
+                         "random_sources": {"test_accuracy": 0.625, "test_loss": 0.7},
+                         "target_alone": {"test_accuracy": None, "test_loss": None}}}
+    assert verify_summary(result) == "verified (test accuracy, Adam from scratch): chosen 0.700, random sources 0.625"
+    assert verify_summary({"chosen": []}) is None
+
+
+def test_scratch_fine_tunes_are_cached_apart_and_the_gd_regime_ignores_init(tiny_run):
+    run, config = tiny_run
+    scratch = config.model_copy(update={"groups": config.groups.model_copy(update={"init": "scratch"})})
+    adam = [finetune_jobs(run, c, "g", 0, [[0, 1]]) for c in (config, scratch)]
+    assert [job["from_scratch"] for job in adam] == [False, True] and adam[0]["id"] != adam[1]["id"]
+    gd = [finetune_jobs(run, c, "g", 0, [[0, 1]], estimator_regime=True) for c in (config, scratch)]
+    assert gd[0]["id"] == gd[1]["id"] and "from_scratch" not in gd[0]
