@@ -478,17 +478,21 @@ def _source_selection(report: _Report) -> str:
         return _one_selection(report, paths[0])
     selections = [report.json(path.name) for path in paths]
     init = next((s["verify_settings"].get("init") for s in selections if s.get("verify_settings")), None)
-    summaries = [_selection_summary([s.get("verify") or {} for s in selections],
-                                    f"seeded minibatch Adam fine-tunes {_init_label(init)} (groups.epochs, groups.lr)"),
+    verifies = [s.get("verify") or {} for s in selections]
+    start = _init_label(init, text=_verify_metrics(verifies)[0][0] == "test_accuracy")
+    summaries = [_selection_summary(verifies, f"seeded minibatch Adam fine-tunes {start} (groups.epochs, groups.lr)"),
                  _selection_summary([s.get("verify_estimator_regime") or {} for s in selections],
                                     "the fine-tune the estimates model (deterministic full-batch gradient descent)")]
     details = [_details(f"Target {path.stem.removeprefix('select_')}", _one_selection(report, path)) for path in paths]
     return "\n".join([*summaries, *details])
 
 
-def _init_label(init: str | None) -> str:
-    """How ``groups.init`` reads in a sentence (runs written before the setting existed started from θ*)."""
-    return "from scratch (fresh weights)" if init == "scratch" else "from θ*"
+def _init_label(init: str | None, text: bool = False) -> str:
+    """How ``groups.init`` reads in a sentence (runs written before the setting existed started
+    from θ*); a text run's fresh start is new LoRA weights on the same base."""
+    if init != "scratch":
+        return "from θ*"
+    return "from fresh LoRA weights" if text else "from scratch (fresh weights)"
 
 
 def _verify_metrics(verifies: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
@@ -569,7 +573,7 @@ def _one_selection(report: _Report, path: Path) -> str:
         verify_rows = [[f"<b>{escape(k)}</b>" if k == best else escape(k),
                         *(_num(v.get(name), 4 if name.endswith("loss") else 3) for name, _, _ in metrics)]
                        for k, v in verify.items()]
-        init = _init_label((selection.get("verify_settings") or {}).get("init"))
+        init = _init_label((selection.get("verify_settings") or {}).get("init"), text=key == "test_accuracy")
         parts.append(f"<p>Verified by fine-tuning {init} (target task's test metrics; best {label} in bold):</p>")
         parts.append(_table(["training set", *(name for _, name, _ in metrics)], verify_rows, "numeric"))
     regime = selection.get("verify_estimator_regime")

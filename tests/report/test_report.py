@@ -389,7 +389,7 @@ def test_text_selection_shows_accuracy_and_loss_and_the_fine_tune_start(tmp_path
             "verify": {key: {"test_accuracy": acc, "test_loss": loss} for key, (acc, loss) in verify.items()}}))
     section = re.search(r'<section id="select">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
                         flags=re.S).group(1)
-    assert "Across 2 verified targets, seeded minibatch Adam fine-tunes from scratch (fresh weights)" in section
+    assert "Across 2 verified targets, seeded minibatch Adam fine-tunes from fresh LoRA weights" in section
     assert "test AP" not in section
     summary = re.search(r"<table.*?</table>", section, flags=re.S).group(0)
     assert "<th>mean test accuracy</th><th>mean test loss</th>" in summary
@@ -398,7 +398,7 @@ def test_text_selection_shows_accuracy_and_loss_and_the_fine_tune_start(tmp_path
     # chosen − random accuracy: (+0.05, +0.10) → +0.075, higher on both targets; mean loss (0.60 + 0.75) / 2
     assert rows["random_sources"] == ["2", "0.525", "0.6750", "+0.075 (2/2)"]
     first = re.search(r"<summary>Target t1</summary>(.*?)</details>", section, flags=re.S).group(1)
-    assert "Verified by fine-tuning from scratch (fresh weights)" in first and "best test accuracy in bold" in first
+    assert "Verified by fine-tuning from fresh LoRA weights" in first and "best test accuracy in bold" in first
     assert "<td><b>chosen</b></td><td>0.700</td><td>0.6100</td>" in first
 
 
