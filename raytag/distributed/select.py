@@ -30,6 +30,7 @@ from raytag.models import load_model
 from raytag.select.sources import (greedy_forward_selection, random_sources, rank_by_gradient_cosine,
                                    rank_by_marginal_effect, rank_by_representation_cosine,
                                    sample_source_subsets)
+from raytag.select.verification import verification_metrics
 from raytag.rundir import RunDir
 
 RANDOM_DRAWS = 3
@@ -115,7 +116,7 @@ def verify_summary(result: dict) -> str | None:
     verify = result.get("verify")
     if not verify:
         return None
-    key, label = ("test_ap", "test AP") if "test_ap" in verify["chosen"] else ("test_accuracy", "test accuracy")
+    key, label, _ = verification_metrics([verify])[0]
     start = "from scratch" if (result.get("verify_settings") or {}).get("init") == "scratch" else "from θ*"
     scores = ", ".join(f"{name.replace('_', ' ')} {entry[key]:.3f}" for name, entry in verify.items()
                        if entry.get(key) is not None)
@@ -139,7 +140,7 @@ def _verify(run: RunDir, config: RaytagConfig, t: int, alternatives: dict[str, l
     for strategy, draws in alternatives.items():
         positions = [i for i, (name, _) in enumerate(labelled) if name == strategy]
         runs = [trial["groups"][i][str(t)] for trial in trials for i in positions]
-        # graph: test_ap, test_f1; text: test_loss, test_accuracy
+        # the test metrics of raytag.select.verification (graph: AP, F1; text: accuracy, loss)
         scores = {key: np.array([np.nan if r[key] is None else r[key] for r in runs], dtype=np.float64)
                   for key in runs[0] if key.startswith("test_") or key == "val_loss"}
         verify[strategy] = {**{key: float(np.mean(v)) for key, v in scores.items()},

@@ -22,6 +22,7 @@ import numpy as np
 
 from raytag.io import atomic_write_bytes
 from raytag.report import plots
+from raytag.select.verification import verification_metrics
 
 # Keys of groups_eval.json["strategies"] the report knows, in display order.
 STRATEGY_LABELS = {
@@ -479,7 +480,7 @@ def _source_selection(report: _Report) -> str:
     selections = [report.json(path.name) for path in paths]
     init = next((s["verify_settings"].get("init") for s in selections if s.get("verify_settings")), None)
     verifies = [s.get("verify") or {} for s in selections]
-    start = _init_label(init, text=_verify_metrics(verifies)[0][0] == "test_accuracy")
+    start = _init_label(init, text=verification_metrics(verifies)[0][0] == "test_accuracy")
     summaries = [_selection_summary(verifies, f"seeded minibatch Adam fine-tunes {start} (groups.epochs, groups.lr)"),
                  _selection_summary([s.get("verify_estimator_regime") or {} for s in selections],
                                     "the fine-tune the estimates model (deterministic full-batch gradient descent)")]
@@ -495,12 +496,9 @@ def _init_label(init: str | None, text: bool = False) -> str:
     return "from fresh LoRA weights" if text else "from scratch (fresh weights)"
 
 
-def _verify_metrics(verifies: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
-    """``(key, label, higher is better)`` of the test metrics a verification holds: AP and F1
-    for graph tasks, accuracy and loss for text tasks."""
-    if any("test_ap" in entry for verify in verifies for entry in verify.values()):
-        return [("test_ap", "test AP", True), ("test_f1", "test F1", True)]
-    return [("test_accuracy", "test accuracy", True), ("test_loss", "test loss", False)]
+def _metric_text(value: Any, name: str) -> str:
+    """A verification metric as the tables show it: losses to 4 decimals, scores to 3."""
+    return _num(value, 4 if name.endswith("loss") else 3)
 
 
 def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> str:
@@ -511,7 +509,7 @@ def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> st
     if len(verified) < 2:
         return ""
     strategies = list(dict.fromkeys(key for verify in verified for key in verify))
-    (primary, primary_label, _), (secondary, secondary_label, _) = metrics = _verify_metrics(verified)
+    (primary, primary_label, _), (secondary, secondary_label, _) = metrics = verification_metrics(verified)
     with_loss = any("val_loss" in entry for verify in verified for entry in verify.values())
     rows = []
     def metric(verify: Mapping[str, Any], key: str, name: str) -> float | None:
@@ -519,7 +517,7 @@ def _selection_summary(verifies: Sequence[Mapping[str, Any]], regime: str) -> st
 
     def mean_of(key: str, name: str) -> str:
         values = [x for x in (metric(v, key, name) for v in verified) if x is not None]
-        return _num(float(np.mean(values)), 4 if name.endswith("loss") else 3) if values else "—"
+        return _metric_text(float(np.mean(values)), name) if values else "—"
 
     def versus(key: str, name: str, lower_is_better: bool = False) -> str:
         margins = [metric(v, "chosen", name) - metric(v, key, name) for v in verified
@@ -563,7 +561,7 @@ def _one_selection(report: _Report, path: Path) -> str:
         parts.append(table)
     verify = selection.get("verify")
     if verify:
-        metrics = _verify_metrics([verify])
+        metrics = verification_metrics([verify])
         key, label, higher_is_better = metrics[0]
         def ranked(name: str) -> float:
             value = _number(verify[name].get(key))
@@ -571,16 +569,16 @@ def _one_selection(report: _Report, path: Path) -> str:
 
         best = max(verify, key=ranked)
         verify_rows = [[f"<b>{escape(k)}</b>" if k == best else escape(k),
-                        *(_num(v.get(name), 4 if name.endswith("loss") else 3) for name, _, _ in metrics)]
+                        *(_metric_text(v.get(name), name) for name, _, _ in metrics)]
                        for k, v in verify.items()]
         init = _init_label((selection.get("verify_settings") or {}).get("init"), text=key == "test_accuracy")
         parts.append(f"<p>Verified by fine-tuning {init} (target task's test metrics; best {label} in bold):</p>")
         parts.append(_table(["training set", *(name for _, name, _ in metrics)], verify_rows, "numeric"))
     regime = selection.get("verify_estimator_regime")
     if regime:
-        metrics = _verify_metrics([regime])
+        metrics = verification_metrics([regime])
         rows = [[escape(k), _num(v.get("val_loss"), 4),
-                 *(_num(v.get(name), 4 if name.endswith("loss") else 3) for name, _, _ in metrics)]
+                 *(_metric_text(v.get(name), name) for name, _, _ in metrics)]
                 for k, v in regime.items()]
         parts.append("<p>Under the fine-tune the estimates model (deterministic gradient descent from θ*):</p>")
         parts.append(_table(["training set", "validation loss", *(name for _, name, _ in metrics)], rows, "numeric"))
