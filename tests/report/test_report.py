@@ -52,6 +52,17 @@ def _parse(path: Path) -> _StrictParser:
     return parser
 
 
+def _section(html: str, name: str) -> str:
+    """The inside of the report's ``<section id=name>``."""
+    return re.search(rf'<section id="{name}">(.*?)</section>', html, flags=re.S).group(1)
+
+
+def _table_rows(table: str) -> dict[str, list[str]]:
+    """``{first cell: other cells}`` of each body row of one HTML table."""
+    rows = (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", table))
+    return {cells[0]: cells[1:] for cells in rows if cells}
+
+
 def write_fake_run(run_dir: Path, n_tasks: int = 12, k: int = 3, seed: int = 0, ppr_ap: float = 0.19) -> dict:
     """A run directory holding every file the report reads, with plausible planted values."""
     rng = np.random.default_rng(seed)
@@ -261,7 +272,7 @@ def test_validation_table_marks_the_best_value_by_direction(tmp_path):
     run = tmp_path / "run"
     write_fake_run(run)
     text = build_report(run).read_text(encoding="utf-8")
-    section = re.search(r'<section id="validation">(.*?)</section>', text, flags=re.S).group(1)
+    section = _section(text, "validation")
 
     def cells(label: str) -> list[str]:
         row = re.search(rf"<tr><td>{label}<div.*?</tr>", section, flags=re.S).group(0)
@@ -296,7 +307,7 @@ def test_tasks_section_shows_the_counts_prepare_recorded(tmp_path):
     ]
     (run / "tasks.json").write_text(json.dumps({"regime": "seeds", "num_nodes": 131511, "tasks": tasks}))
     text = build_report(run).read_text(encoding="utf-8")
-    section = re.search(r'<section id="tasks">(.*?)</section>', text, flags=re.S).group(1)
+    section = _section(text, "tasks")
     assert "<th>num nodes</th><td>131,511</td>" in section
     assert "<td>1,389 / 2,000 / 7,556</td>" in section  # min / median / max of members
     assert "<th>train negatives</th>" in section and "<td>25,112</td>" in section
@@ -313,13 +324,12 @@ def test_selection_summary_averages_verified_targets(tmp_path):
             "verify": {key: {"test_ap": ap, "test_f1": f1} for key, (ap, f1) in verify.items()}}))
     (run / "select_t3.json").write_text(json.dumps({"target": "t3", "budget": 2, "chosen": ["a", "b"]}))
     text = build_report(run).read_text(encoding="utf-8")
-    section = re.search(r'<section id="select">(.*?)</section>', text, flags=re.S).group(1)
+    section = _section(text, "select")
     assert "Across 2 verified targets" in section  # t3 was never verified
     assert section.count("Not verified yet") == 1  # only t3's details say so
     assert [f"<details><summary>Target t{i}</summary>" in section for i in (1, 2, 3)] == [True] * 3  # folded per target
     summary = re.search(r"<table.*?</table>", section, flags=re.S).group(0)  # first table, before the per-target ones
-    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", summary))
-            if cells}
+    rows = _table_rows(summary)
     assert rows["chosen"] == ["2", "0.200", "0.300", "—"]
     # chosen − alone: (+0.10, −0.02) → mean +0.040, higher on 1 of 2 targets
     assert rows["target_alone"] == ["2", "0.160", "0.260", "+0.040 (1/2)"]
@@ -336,15 +346,13 @@ def test_margins_use_pooled_noise_and_single_task_on_its_own_tasks(tmp_path):
     evaluation["noise"] = {"test_ap": 0.0015, "test_f1": 0.002}
     evaluation["margins"] = {"vs_single_task_same_tasks": {"test_ap": 0.0024, "test_f1": -0.0037}}
     (run / "groups_eval.json").write_text(json.dumps(evaluation))
-    section = re.search(r'<section id="strategies">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
-                        flags=re.S).group(1)
+    section = _section(build_report(run).read_text(encoding="utf-8"), "strategies")
     assert ("test AP 0.107 vs 0.105 (<b>+0.002</b>), test F1 0.190 vs 0.165 (+0.025); the AP difference is within "
             "twice the seed-to-seed spread (±0.0015)") in section
     assert "test AP 0.107 vs 0.092 (<b>+0.015</b>)" in section and "larger than twice the seed-to-seed spread (±0.0015)" in section
     assert ("raytag groups beats single-task on the 2 tasks single-task training covered: mean per-task test AP "
             "difference <b>+0.002</b>, test F1 -0.004.") in section
-    verdict = re.search(r'<section id="recommendation">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
-                        flags=re.S).group(1)
+    verdict = _section(build_report(run).read_text(encoding="utf-8"), "recommendation")
     assert re.search(r"Measured against random groups.*test AP 0\.107 vs 0\.105 .*within twice the seed-to-seed",
                      verdict, flags=re.S)
 
@@ -365,14 +373,13 @@ def test_estimator_regime_tables_for_groups_and_selection(tmp_path):
             "verify_estimator_regime": {"chosen": {"val_loss": chosen, "test_ap": 0.3, "test_f1": 0.4},
                                         "random_sources": {"val_loss": random, "test_ap": 0.2, "test_f1": 0.3}}}))
     text = build_report(run).read_text(encoding="utf-8")
-    groups = re.search(r'<section id="strategies">(.*?)</section>', text, flags=re.S).group(1)
+    groups = _section(text, "strategies")
     assert "lower validation loss than random groups for 91/100 tasks and a higher test AP for 61" in groups
     assert "<td>1.9402</td>" in groups
-    select = re.search(r'<section id="select">(.*?)</section>', text, flags=re.S).group(1)
+    select = _section(text, "select")
     assert "Across 2 verified targets, the fine-tune the estimates model" in select
     summary = re.search(r"the fine-tune the estimates model.*?(<table.*?</table>)", select, flags=re.S).group(1)
-    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", summary))
-            if cells}
+    rows = _table_rows(summary)
     # chosen − random loss: (−0.2, +0.1) → mean −0.050, lower on 1 of 2 targets
     assert rows["random_sources"][-2:] == ["1.5500", "-0.050 (1/2)"]
 
@@ -387,14 +394,12 @@ def test_text_selection_shows_accuracy_and_loss_and_the_fine_tune_start(tmp_path
             "target": target, "budget": 2, "chosen": ["a", "b"],
             "verify_settings": {"init": "scratch", "epochs": 30, "lr": 0.003},
             "verify": {key: {"test_accuracy": acc, "test_loss": loss} for key, (acc, loss) in verify.items()}}))
-    section = re.search(r'<section id="select">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
-                        flags=re.S).group(1)
+    section = _section(build_report(run).read_text(encoding="utf-8"), "select")
     assert "Across 2 verified targets, seeded minibatch Adam fine-tunes from fresh LoRA weights" in section
     assert "test AP" not in section
     summary = re.search(r"<table.*?</table>", section, flags=re.S).group(0)
     assert "<th>mean test accuracy</th><th>mean test loss</th>" in summary
-    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", summary))
-            if cells}
+    rows = _table_rows(summary)
     # chosen − random accuracy: (+0.05, +0.10) → +0.075, higher on both targets; mean loss (0.60 + 0.75) / 2
     assert rows["random_sources"] == ["2", "0.525", "0.6750", "+0.075 (2/2)"]
     first = re.search(r"<summary>Target t1</summary>(.*?)</details>", section, flags=re.S).group(1)
@@ -408,13 +413,11 @@ def test_groups_note_says_where_the_group_models_start(tmp_path):
     evaluation = json.loads((run / "groups_eval.json").read_text())
     evaluation["settings"] = {"init": "scratch", "epochs": 30, "lr": 0.003}
     (run / "groups_eval.json").write_text(json.dumps(evaluation))
-    section = re.search(r'<section id="strategies">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
-                        flags=re.S).group(1)
+    section = _section(build_report(run).read_text(encoding="utf-8"), "strategies")
     assert "each model: 30 Adam epochs at lr 0.003 from scratch (fresh weights)" in section
     evaluation["settings"] = {"epochs": 10, "lr": 0.003}  # written before groups.init existed
     (run / "groups_eval.json").write_text(json.dumps(evaluation))
-    section = re.search(r'<section id="strategies">(.*?)</section>', build_report(run).read_text(encoding="utf-8"),
-                        flags=re.S).group(1)
+    section = _section(build_report(run).read_text(encoding="utf-8"), "strategies")
     assert "each model: 10 Adam epochs at lr 0.003 from θ*" in section
 
 
