@@ -63,6 +63,15 @@ def _table_rows(table: str) -> dict[str, list[str]]:
     return {cells[0]: cells[1:] for cells in rows if cells}
 
 
+def _write_verified_selections(run: Path, verified: dict, metrics: tuple[str, str], **fields) -> None:
+    """``select_<target>.json`` per target of ``verified`` (``{target: {training set: metric
+    values}}``), budget 2, chosen a and b, plus ``fields``."""
+    for target, verify in verified.items():
+        (run / f"select_{target}.json").write_text(json.dumps({
+            "target": target, "budget": 2, "chosen": ["a", "b"], **fields,
+            "verify": {key: dict(zip(metrics, values)) for key, values in verify.items()}}))
+
+
 def write_fake_run(run_dir: Path, n_tasks: int = 12, k: int = 3, seed: int = 0, ppr_ap: float = 0.19) -> dict:
     """A run directory holding every file the report reads, with plausible planted values."""
     rng = np.random.default_rng(seed)
@@ -318,10 +327,7 @@ def test_selection_summary_averages_verified_targets(tmp_path):
     run.mkdir()
     verified = {"t1": {"chosen": (0.30, 0.40), "target_alone": (0.20, 0.30), "random_sources": (0.35, 0.45)},
                 "t2": {"chosen": (0.10, 0.20), "target_alone": (0.12, 0.22), "random_sources": (0.05, 0.15)}}
-    for target, verify in verified.items():
-        (run / f"select_{target}.json").write_text(json.dumps({
-            "target": target, "budget": 2, "chosen": ["a", "b"],
-            "verify": {key: {"test_ap": ap, "test_f1": f1} for key, (ap, f1) in verify.items()}}))
+    _write_verified_selections(run, verified, ("test_ap", "test_f1"))
     (run / "select_t3.json").write_text(json.dumps({"target": "t3", "budget": 2, "chosen": ["a", "b"]}))
     text = build_report(run).read_text(encoding="utf-8")
     section = _section(text, "select")
@@ -389,11 +395,8 @@ def test_text_selection_shows_accuracy_and_loss_and_the_fine_tune_start(tmp_path
     run.mkdir()
     verified = {"t1": {"chosen": (0.70, 0.61), "target_alone": (0.60, 0.65), "random_sources": (0.65, 0.60)},
                 "t2": {"chosen": (0.50, 0.70), "target_alone": (0.55, 0.72), "random_sources": (0.40, 0.75)}}
-    for target, verify in verified.items():
-        (run / f"select_{target}.json").write_text(json.dumps({
-            "target": target, "budget": 2, "chosen": ["a", "b"],
-            "verify_settings": {"init": "scratch", "epochs": 30, "lr": 0.003},
-            "verify": {key: {"test_accuracy": acc, "test_loss": loss} for key, (acc, loss) in verify.items()}}))
+    _write_verified_selections(run, verified, ("test_accuracy", "test_loss"),
+                               verify_settings={"init": "scratch", "epochs": 30, "lr": 0.003})
     section = _section(build_report(run).read_text(encoding="utf-8"), "select")
     assert "Across 2 verified targets, seeded minibatch Adam fine-tunes from fresh LoRA weights" in section
     assert "test AP" not in section
